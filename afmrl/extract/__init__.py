@@ -1,0 +1,1 @@
+"""Stage 0: attribute extraction (schema, prompts, distributed vLLM generation, SFT)."""

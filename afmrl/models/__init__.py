@@ -1,0 +1,1 @@
+"""Models: tiny offline builders, the shared multimodal processor, and the embedder registry."""

@@ -1,0 +1,1 @@
+"""Distributed training of the embedder: batch sampling, the training loop, checkpoints."""
