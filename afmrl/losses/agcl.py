@@ -109,7 +109,8 @@ class AGCLLoss(nn.Module):
         if self.gather_negatives and dist.is_available() and dist.is_initialized():
             world, rank = dist.get_world_size(), dist.get_rank()
         if world > 1:
-            # Differentiable since torch 2.13 (backward: reduce-scatter sum), as open_clip uses it.
+            # open_clip's gather-with-grad: in the pinned torch all_gather_single is differentiable
+            # and its backward is a reduce-scatter sum (the 2-process test pins this down).
             group = dist.group.WORLD
             all_candidates = funcol.all_gather_single(candidates, 0, group)
             all_ids = funcol.all_gather_single(product_ids, 0, group)
@@ -142,7 +143,7 @@ class AGCLLoss(nn.Module):
     def _direction(self, sim: torch.Tensor, scale: torch.Tensor, positives: torch.Tensor,
                    same_product: torch.Tensor, log_w: torch.Tensor | None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One direction: rows of ``sim`` are anchors, column ``positives[i]`` is row i's positive."""
+        """One direction: rows of ``sim`` are anchors; row i's positive is column positives[i]."""
         rows = torch.arange(sim.shape[0], device=sim.device)
         is_positive = torch.zeros_like(sim, dtype=torch.bool)
         is_positive[rows, positives] = True

@@ -18,7 +18,7 @@ _TOKEN = re.compile(r"[^\W_]+")  # runs of Unicode letters/digits: "Mjölk" stay
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case and split on non-alphanumerics: 'colour: Red/Blue' -> ['colour', 'red', 'blue']."""
+    """Lower-case, split on non-alphanumerics: 'colour: Red/Blue' -> ['colour', 'red', 'blue']."""
     return _TOKEN.findall(text.lower())
 
 

@@ -96,10 +96,10 @@ class ProductBatchSampler:
                              f"{batch_size} distinct products, so some rank would get none; "
                              "lower the batch size or the number of workers")
 
-    def _rank_batches(self) -> list[list[int]]:
-        """This rank's batches of the current epoch (cached: len() and iteration share them)."""
-        if self._cache is None or self._cache[0] != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch])
+    def _rank_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (cached: len() and iteration share them)."""
+        if self._cache is None or self._cache[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
             everything = np.arange(len(self._groups))
             if self._coarse is None:
                 batches, _ = _pack(everything, self._groups, self.batch_size, rng)
@@ -114,14 +114,20 @@ class ProductBatchSampler:
                 batches = [batches[i] for i in rng.permutation(len(batches))]
             per_rank = len(batches) // self.num_replicas
             mine = batches[self.rank:per_rank * self.num_replicas:self.num_replicas]
-            self._cache = (self.epoch, [batch.tolist() for batch in mine])
+            self._cache = (epoch, [batch.tolist() for batch in mine])
         return self._cache[1]
 
+    def num_batches(self, epoch: int) -> int:
+        """Batches per rank in ``epoch`` (it varies by a batch or so between epochs; sum it over
+        the epochs for a learning-rate schedule). The same on every rank."""
+        return len(self._rank_batches(epoch))
+
     def __len__(self) -> int:
-        return len(self._rank_batches())
+        """Batches per rank in the current epoch, including those already handed out."""
+        return self.num_batches(self.epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._rank_batches()
+        batches = self._rank_batches(self.epoch)
         while self.position < len(batches):
             self.position += 1
             yield batches[self.position - 1]
