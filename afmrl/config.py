@@ -122,6 +122,16 @@ class ExtractConfig:
         ("category", "brand", "colour", "material", "flavour", "variant", "size", "packaging"))
     kv_cache_gib: int = doc("vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE) per actor, GiB.", 1)
     enforce_eager: bool = doc("vLLM eager mode (faster start-up on CPU).", True)
+    splits: tuple[str, ...] = doc(
+        "Catalog splits to label. 'catalog' rows are read with title + image; other splits "
+        "(shopper photos) with the image only, as a query would be.", ("catalog", "train", "test"))
+    sft_steps: int = doc("Distillation steps on teacher attributes before extraction (0 = off).",
+                         300)
+    sft_batch_size: int = doc("Distillation batch size.", 8)
+    sft_lr: float = doc("Distillation learning rate.", 3e-3)
+    teacher_file: str | None = doc(
+        "Teacher attributes (Parquet/JSONL: item_id, attributes) from a bigger model. None: "
+        "teacher = catalog metadata (grocery).", None)
 
     def __post_init__(self) -> None:
         _require(self.num_actors >= 1, "extract.num_actors must be >= 1")
@@ -155,6 +165,14 @@ class TrainConfig:
                                        0.1)
     hard_batches: bool = doc("Fill batches from one coarse category (harder negatives).", False)
     gather_negatives: bool = doc("Use negatives from all ranks (all-gather with gradients).", True)
+    pair_splits: tuple[str, ...] = doc(
+        "Where training pairs come from: 'train' (shopper photo <-> its catalog item) and/or "
+        "'catalog' (a catalog item's image <-> its own text: the image-text pairs).", ("train",))
+    query_attributes: bool = doc(
+        "Append the generator's attributes to training queries (what RAR does at search time).",
+        True)
+    image_size: int = doc("Image side fed to the dual embedder's image tower.", 96)
+    dataloader_workers: int = doc("Data-loader worker processes per rank.", 0)
     eval_every_epochs: int = doc("Evaluate Recall@k / mAP every N epochs.", 1)
     checkpoint_every_steps: int = doc("Checkpoint every N optimizer steps (0 = per epoch).", 0)
     seed: int = doc("Training seed (data order, init of heads).", 0)
@@ -209,8 +227,10 @@ class IndexConfig:
 class EvalConfig:
     ks: tuple[int, ...] = doc("Cut-offs reported as recall_at_K / map_at_K.", (1, 5, 10))
     num_evaluators: int = doc("RecallEvaluator actors (queries are split across them).", 1)
-    pricerunner_max_queries: int | None = doc(
-        "Cap on PriceRunner leave-one-out queries per evaluation (None = all 27k).", 3000)
+    pricerunner_clusters: int | None = doc(
+        "PriceRunner evaluation subset: this many whole clusters sampled (leave-one-out within "
+        "them; the TF-IDF baseline is scored on the same subset). None = all 13,233; 0 = skip.",
+        2000)
 
     def __post_init__(self) -> None:
         _require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "eval.ks must be >= 1")
@@ -442,6 +462,11 @@ def load_config(path: str | os.PathLike | None = None,
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+    return _build(AfmrlConfig, tree)
+
+
+def config_from_dict(tree: dict[str, Any]) -> AfmrlConfig:
+    """Rebuild a validated config from ``AfmrlConfig.to_dict()`` (e.g. inside Ray workers)."""
     return _build(AfmrlConfig, tree)
 
 

@@ -1,0 +1,28 @@
+# The two commands a newcomer needs: `make demo` and `make test` (both install first if needed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_AUTH_MODE := disabled
+
+.PHONY: install demo test test-fast bench clean
+
+install:
+	bash scripts/install.sh
+
+demo: install
+	$(PY) -m afmrl.cli pipeline --config configs/local.yaml
+
+test: install
+	$(PY) -m pytest -q -rs tests
+
+test-fast: install
+	$(PY) -m pytest -q -rs tests -m "not slow"
+
+bench: install
+	$(PY) bench/bench_index.py --n 200000
+	$(PY) bench/bench_extract.py
+	$(PY) bench/bench_train.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,327 @@
+"""AGCL training on Ray Train (TorchTrainer) + DeepSpeed ZeRO, CPU (gloo) or GPU (NCCL).
+
+One code path for every scale: ``train.zero_stage`` 0 is plain data parallelism (DeepSpeed's
+all-reduce engine), 1/2/3 shard optimizer state / gradients / parameters, ``train.offload`` puts
+optimizer state on the CPU. The loss is ``AGCLLoss`` (a submodule, so a learnable temperature is
+optimised and averaged like any weight).
+
+Checkpoints (model, optimizer, scheduler, RNG, sampler position) go to
+``<run>/train/<tag>/checkpoints`` via DeepSpeed every ``checkpoint_every_steps`` optimizer steps
+and at each epoch end. A restarted worker group (Ray Train ``FailureConfig``) or a rerun of the
+job resumes from the newest complete one. On multi-node clusters ``run_dir`` must be shared
+storage (a PVC / NFS), as every rank writes its own ZeRO shards there.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from afmrl.config import AfmrlConfig, TrainConfig, config_from_dict
+from afmrl.layout import RunLayout
+from afmrl.train.data import PairSet, RetrievalSet
+
+log = logging.getLogger("afmrl")
+
+
+class EmbedderWithLoss(nn.Module):
+    """The unit DeepSpeed wraps: embedder + AGCL loss, one forward over queries and candidates
+    (one pass keeps every parameter in the graph, as DDP/ZeRO gradient hooks expect)."""
+
+    def __init__(self, embedder: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.embedder = embedder
+        self.loss = loss
+
+    def forward(self, batch: dict[str, torch.Tensor], product_ids: torch.Tensor,
+                bm25: torch.Tensor | None):
+        embeddings = self.embedder(**batch)
+        half = len(product_ids)
+        return self.loss(embeddings[:half], embeddings[half:], product_ids, bm25)
+
+
+def deepspeed_config(train: TrainConfig, total_steps: int) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if train.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": train.per_device_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "train_batch_size": train.effective_batch_size,
+        "zero_optimization": zero,
+        # torch_adam: no JIT build of DeepSpeed's fused Adam (slow on first use, needs nvcc on GPU).
+        "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": 0.01,
+                                                  "torch_adam": True}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": max(total_steps, 1),
+            "warmup_num_steps": max(1, int(train.warmup_ratio * total_steps)),
+            "warmup_min_ratio": 0.0, "cos_min_ratio": 0.05}},
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": train.use_gpu},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest complete DeepSpeed tag (DeepSpeed writes ``latest`` after all shards)."""
+    pointer = checkpoint_dir / "latest"
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    return tag if (checkpoint_dir / tag).is_dir() else None
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class _MlflowLogger:
+    """Rank-0 metric logging into the driver's MLflow run (MLflowLoggerCallback is rejected by
+    Ray Train's current trainer; plain client calls work, stack.md)."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None):
+        self.client = None
+        if tracking_uri and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(tracking_uri), run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from afmrl.tracking import metric_key
+
+        for key, value in metrics.items():
+            if value is not None and np.isfinite(value):
+                self.client.log_metric(self.run_id, metric_key(key), float(value), step=step)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Per-worker AGCL loop (runs inside Ray Train workers)."""
+    import deepspeed
+    import ray.train
+    import torch.distributed as dist
+
+    from afmrl.losses import AGCLLoss, BM25Stats, pairwise_bm25
+    from afmrl.models.embedders import load_embedder, save_embedder
+    from afmrl.train.evaluation import evaluate_model, prefixed
+    from afmrl.train.sampler import ProductBatchSampler
+
+    config = config_from_dict(loop_config["config"])
+    train = config.train
+    pairs: PairSet = loop_config["pairs"]
+    out_dir = Path(loop_config["out_dir"])
+    checkpoint_dir = out_dir / "checkpoints"
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(train.cpus_per_worker)))
+    (out_dir / "workers").mkdir(parents=True, exist_ok=True)
+    (out_dir / "workers" / f"rank_{rank}.pid").write_text(str(os.getpid()))
+    random.seed(train.seed + rank)
+    np.random.seed(train.seed + rank)
+    torch.manual_seed(train.seed)
+
+    embedder = load_embedder(loop_config["init_from"]).train()
+    module = EmbedderWithLoss(embedder, AGCLLoss.from_config(train))
+    sampler = ProductBatchSampler(
+        pairs.product_ids, train.per_device_batch_size, num_replicas=world, rank=rank,
+        seed=train.seed, coarse_ids=pairs.coarse_ids if train.hard_batches else None)
+    micro_steps = sum(sampler.num_batches(e) for e in range(train.epochs))
+    total_steps = micro_steps // train.grad_accum_steps
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
+        config=deepspeed_config(train, total_steps))
+    device = engine.device
+    stats = BM25Stats.fit(loop_config["bm25_corpus"]) if train.attribute_weights else None
+    logger = _MlflowLogger(loop_config.get("tracking_uri"), loop_config.get("run_id"))
+
+    tag = latest_checkpoint(checkpoint_dir)
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+        sampler.load_state_dict(client["sampler"])
+        _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
+        if rank == 0:
+            log.info("resumed AGCL from %s (epoch %d, batch %d)", tag,
+                     client["sampler"]["epoch"], client["sampler"]["position"])
+
+    def save(step: int) -> None:
+        rngs = [None] * world
+        dist.all_gather_object(rngs, _rng_state())
+        engine.save_checkpoint(str(checkpoint_dir), tag=f"step_{step:07d}",
+                               client_state={"sampler": sampler.state_dict(), "rng": rngs})
+        dist.barrier()
+        if rank == 0:  # keep the two newest checkpoints
+            tags = sorted(p for p in checkpoint_dir.glob("step_*") if p.is_dir())
+            for old in tags[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        """Rank 0 evaluates full weights (ZeRO-3 gathers them first); others wait."""
+        params = list(module.parameters())
+        gather = deepspeed.zero.GatheredParameters(params) if train.zero_stage == 3 else None
+        metrics: dict[str, float] = {}
+        with gather if gather is not None else contextlib.nullcontext():
+            if rank == 0:
+                embedder.eval()
+                for name, (benchmark, positions) in loop_config["benchmarks"].items():
+                    metrics.update(prefixed(evaluate_model(
+                        embedder, benchmark, config.eval.ks, query_positions=positions), name))
+                embedder.train()
+        dist.barrier()
+        return metrics
+
+    start_epoch = sampler.state_dict()["epoch"]
+    step = engine.global_steps
+    for epoch in range(start_epoch, train.epochs):
+        sampler.set_epoch(epoch)
+        engine.train()
+        started, seen, losses = time.perf_counter(), 0, []
+        for indices in sampler:
+            local = torch.as_tensor(indices, dtype=torch.int64)
+            batch = embedder.collate([pairs.queries[i] for i in indices] +
+                                     [pairs.candidates[i] for i in indices])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            bm25 = None
+            if stats is not None:
+                everyone = [torch.zeros_like(local) for _ in range(world)] if \
+                    train.gather_negatives and world > 1 else [local]
+                if len(everyone) > 1:
+                    dist.all_gather(everyone, local)
+                texts = [pairs.attribute_texts[i] for i in torch.cat(everyone).tolist()]
+                offset = rank * len(indices) if len(everyone) > 1 else 0
+                bm25 = pairwise_bm25(texts, stats)[offset:offset + len(indices)].to(device)
+            product_ids = torch.as_tensor(pairs.product_ids[indices], device=device)
+            loss, diagnostics = engine(batch, product_ids, bm25)
+            engine.backward(loss)
+            engine.step()
+            seen += len(indices)
+            losses.append(loss.item())
+            if engine.is_gradient_accumulation_boundary() or train.grad_accum_steps == 1:
+                step = engine.global_steps
+                if rank == 0 and step % 10 == 0:
+                    logger.log({"train_loss": float(np.mean(losses[-10:])),
+                                "lr": engine.get_lr()[0],
+                                **{k: float(v) for k, v in diagnostics.items()}}, step)
+                if train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0:
+                    save(step)
+        elapsed = time.perf_counter() - started
+        epoch_metrics = {"epoch": epoch, "train_loss_epoch": float(np.mean(losses or [0.0])),
+                         "samples_per_s_per_worker": seen / max(elapsed, 1e-9),
+                         "peak_rss_gib": _peak_rss_gib()}
+        save(step)
+        if (epoch + 1) % train.eval_every_epochs == 0 or epoch + 1 == train.epochs:
+            epoch_metrics.update(evaluate(epoch))
+        if rank == 0:
+            logger.log(epoch_metrics, step)
+            log.info("AGCL epoch %d: %s", epoch, {k: round(v, 4) for k, v in
+                                                   epoch_metrics.items()})
+        ray.train.report(epoch_metrics)
+
+    params = list(module.parameters())
+    gather = deepspeed.zero.GatheredParameters(params) if train.zero_stage == 3 else None
+    with gather if gather is not None else contextlib.nullcontext():
+        if rank == 0:
+            save_embedder(embedder, out_dir / "embedder",
+                          {"trained_steps": step, "tag": loop_config["tag"]})
+    dist.barrier()
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    embedder: Path
+    metrics: dict[str, float]
+    seconds: float
+
+
+def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
+               benchmarks: dict[str, tuple[RetrievalSet, np.ndarray | None]],
+               bm25_corpus: list[str], tracker=None, init_from: Path | None = None,
+               max_failures: int = 2) -> TrainResult:
+    """Run AGCL on a Ray Train worker group; returns the exported embedder and final metrics.
+
+    Skips training when ``<run>/train/<tag>/embedder`` already exists (resumable pipelines);
+    delete it to retrain.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from afmrl.utils.ray_utils import preflight
+
+    train = config.train
+    out_dir = RunLayout.of(config).train(tag)
+    embedder_dir = out_dir / "embedder"
+    if (embedder_dir / "embedder.json").is_file():
+        log.info("AGCL %s already trained: %s", tag, embedder_dir)
+        return TrainResult(embedder_dir, {}, 0.0)
+    print(f"AGCL {tag}: effective batch = per_device_batch_size {train.per_device_batch_size} x "
+          f"num_workers {train.num_workers} x grad_accum_steps {train.grad_accum_steps} = "
+          f"{train.effective_batch_size} pairs/step; ZeRO-{train.zero_stage}"
+          f"{' + offload' if train.offload else ''}; {len(pairs)} training pairs")
+    request = {"CPU": train.num_workers * train.cpus_per_worker}
+    if train.use_gpu:
+        request["GPU"] = float(train.num_workers)
+    preflight(request, f"AGCL training ({train.num_workers} workers)")
+    if init_from is None:  # built once here: every rank starts from the same weights on disk
+        from afmrl.models.embedders import build_embedder, save_embedder
+
+        init_from = save_embedder(build_embedder(config.models, RunLayout.of(config).models,
+                                                 train.image_size), out_dir / "init")
+    import mlflow
+
+    active = mlflow.active_run()
+    loop_config = {
+        "config": config.to_dict(), "pairs": pairs, "benchmarks": benchmarks,
+        "bm25_corpus": bm25_corpus, "out_dir": str(out_dir), "tag": tag,
+        "init_from": str(init_from),
+        "tracking_uri": mlflow.get_tracking_uri() if active else None,
+        "run_id": active.info.run_id if active else None,
+    }
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                     resources_per_worker={"CPU": train.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo",
+                                 timeout_s=int(train.step_timeout_s)),
+        run_config=RunConfig(name=f"agcl-{tag}", storage_path=str(out_dir / "ray"),
+                             failure_config=FailureConfig(max_failures=max_failures)))
+    started = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - started
+    metrics = dict(result.metrics or {})
+    if not (embedder_dir / "embedder.json").is_file():
+        raise RuntimeError(f"AGCL {tag} finished without exporting {embedder_dir}; see the "
+                           f"worker logs above")
+    if tracker is not None:
+        from afmrl.utils.io import fingerprint_tree
+
+        tracker.log_metrics({"train_seconds": seconds})
+        tracker.log_inputs({f"embedder_{tag}": fingerprint_tree(embedder_dir)})
+    return TrainResult(embedder_dir, metrics, seconds)

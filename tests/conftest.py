@@ -1,0 +1,59 @@
+"""Shared fixtures: the shared data sets, a real local Ray cluster, a tiny-model cache.
+
+Tests use the real data under ../shared/data (never copied into the repo) and skip with a clear
+reason on a machine that does not have it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+from afmrl.config import DEFAULT_SHARED_DATA  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("AFMRL_SHARED_DATA", DEFAULT_SHARED_DATA))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "grocery_store" / "items.csv").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set AFMRL_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mini_catalog(shared_data):
+    from afmrl.data import grocery_catalog
+
+    return grocery_catalog(shared_data, "items_mini_packages.csv")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """Tiny models built once per session (deterministic, offline)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(model_cache) -> Path:
+    from afmrl.models.tiny import build_tiny_generator
+
+    return build_tiny_generator(model_cache / "tiny-qwen2-vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster for the session (4 logical CPUs on 2 cores, see stack.md)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, namespace="afmrl-tests",
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()

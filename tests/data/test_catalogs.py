@@ -1,0 +1,105 @@
+"""Catalog schema, adapters for the shared data sets, and bad input."""
+import json
+
+import pandas as pd
+import pytest
+
+from afmrl.data import CatalogError, grocery_catalog, pricerunner_catalog, read_catalog_file
+from afmrl.data.images import ImageError, decode_image, load_image
+from afmrl.data.schema import CATALOG_COLUMNS, validate_catalog
+
+
+def test_grocery_adapter(shared_data):
+    catalog = grocery_catalog(shared_data, check_images=False)
+    assert list(catalog.columns) == list(CATALOG_COLUMNS)
+    assert (catalog["split"] == "catalog").sum() == 81
+    assert catalog["group_id"].nunique() == 81
+    assert catalog["coarse_group"].nunique() == 43
+    assert (catalog["error"] == "").all()
+    assert catalog["content_hash"].is_unique
+
+
+def test_mini_grocery_validates_images(mini_catalog):
+    assert len(mini_catalog) == 186
+    assert (mini_catalog["error"] == "").all()
+    assert set(mini_catalog["split"]) == {"catalog", "test"}
+
+
+def test_pricerunner_adapter(shared_data):
+    offers = pricerunner_catalog(shared_data)
+    assert len(offers) == 35311
+    assert offers["group_id"].nunique() == 13233
+    assert "group_label" not in offers.columns  # the answer is never a model input
+
+
+def _frame(**overrides):
+    rows = {"item_id": ["a", "b"], "group_id": [1, 2], "title": ["red dress", "blue dress"]}
+    rows.update(overrides)
+    return pd.DataFrame(rows)
+
+
+def test_missing_column_and_duplicates_raise():
+    with pytest.raises(CatalogError, match="missing required column"):
+        validate_catalog(_frame().drop(columns=["group_id"]))
+    with pytest.raises(CatalogError, match="duplicate item_id"):
+        validate_catalog(_frame(item_id=["a", "a"]))
+    with pytest.raises(CatalogError, match="must be an integer"):
+        validate_catalog(_frame(group_id=[1, "x"]))
+
+
+def test_row_errors_are_kept_not_dropped(tmp_path, shared_data):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    frame = _frame(item_id=["a", "b", "c", "d"], group_id=[1, 2, 3, 4],
+                   title=["ok", "", "photo", "gone"],
+                   image_uri=["", "", str(corrupt), str(tmp_path / "missing.jpg")])
+    out = validate_catalog(frame)
+    assert len(out) == 4
+    assert out["error"].tolist()[0] == ""
+    assert out["error"].tolist()[1] == "empty title and no image"
+    assert "not a readable image" in out["error"].tolist()[2]
+    assert "not found" in out["error"].tolist()[3]
+
+
+def test_content_hash_tracks_content(tmp_path):
+    first = validate_catalog(_frame())
+    second = validate_catalog(_frame(title=["red dress", "blue dress v2"]))
+    assert first["content_hash"][0] == second["content_hash"][0]
+    assert first["content_hash"][1] != second["content_hash"][1]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_read_catalog_file_with_ray_data(tmp_path, ray_local, suffix):
+    frame = _frame(text=["v-neck", "round neck"])
+    path = tmp_path / f"catalog{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(path)
+    elif suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
+    else:
+        frame.to_csv(path, index=False)
+    out = read_catalog_file(path).to_pandas()
+    assert sorted(out["item_id"]) == ["a", "b"]
+    assert set(CATALOG_COLUMNS) <= set(out.columns)
+
+
+def test_read_catalog_file_errors(tmp_path, ray_local):
+    with pytest.raises(CatalogError, match="not found"):
+        read_catalog_file(tmp_path / "nope.parquet")
+    bad = tmp_path / "catalog.txt"
+    bad.write_text("x")
+    with pytest.raises(CatalogError, match="unsupported catalog format"):
+        read_catalog_file(bad)
+    dup = tmp_path / "dup.csv"
+    _frame(item_id=["a", "a"]).to_csv(dup, index=False)
+    with pytest.raises(CatalogError, match="duplicate item_id"):
+        read_catalog_file(dup)
+
+
+def test_images_are_resized_and_bad_ones_named(tmp_path, mini_catalog):
+    image = load_image(mini_catalog["image_uri"][0], max_side=64)
+    assert max(image.size) == 64 and image.mode == "RGB"
+    with pytest.raises(ImageError, match="empty image"):
+        decode_image(b"", 64, "upload")
+    with pytest.raises(ImageError, match="upload: not a readable image"):
+        decode_image(b"GIF89a garbage", 64, "upload")
