@@ -163,8 +163,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         sampler.load_state_dict(client["sampler"])
         _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
         if rank == 0:
-            log.info("resumed AGCL from %s (epoch %d, batch %d)", tag,
-                     client["sampler"]["epoch"], client["sampler"]["position"])
+            note = (f"resumed from {tag} (epoch {client['sampler']['epoch']}, batch "
+                    f"{client['sampler']['position']})")
+            log.info("AGCL %s", note)
+            with open(out_dir / "resumes.log", "a") as handle:
+                handle.write(note + "\n")
 
     def save(step: int) -> None:
         rngs = [None] * world

@@ -1,0 +1,36 @@
+"""Attribute schema: parsing never raises, rendering is canonical."""
+from afmrl.extract.schema import (attribute_text, coverage, json_schema, parse_attributes)
+
+KEYS = ("category", "brand", "colour")
+
+
+def test_parse_valid_and_normalise():
+    parsed = parse_attributes('{"category": " Milk ", "brand": "ARLA", "colour": ""}', KEYS)
+    assert parsed.ok and parsed.values == {"category": "milk", "brand": "arla"}
+
+
+def test_malformed_output_is_kept_with_error():
+    assert parse_attributes("{not json", KEYS).error.startswith("not JSON")
+    assert "expected a JSON object" in parse_attributes("[1, 2]", KEYS).error
+    partial = parse_attributes('{"brand": "arla", "size": "1l", "colour": {"x": 1}}', KEYS)
+    assert partial.values == {"brand": "arla"}
+    assert "unknown key 'size'" in partial.error and "'colour' is not a string" in partial.error
+
+
+def test_attribute_text_is_canonical():
+    a = attribute_text({"colour": "Red", "category": "dress"}, KEYS)
+    b = attribute_text('{"category": "dress", "colour": "red"}', KEYS)
+    assert a == b == "category: dress; colour: red"
+    assert attribute_text("not json", KEYS) == "" and attribute_text(None, KEYS) == ""
+
+
+def test_schema_bounds_strings_and_fixes_keys():
+    schema = json_schema(KEYS)
+    assert schema["required"] == list(KEYS) and schema["additionalProperties"] is False
+    assert all(p["maxLength"] > 0 for p in schema["properties"].values())
+
+
+def test_coverage():
+    parsed = [parse_attributes('{"brand": "a"}', KEYS), parse_attributes("{}", KEYS)]
+    assert coverage(parsed, KEYS) == {"coverage_category": 0.0, "coverage_brand": 0.5,
+                                      "coverage_colour": 0.0}
