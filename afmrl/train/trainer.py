@@ -180,20 +180,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             for old in tags[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def evaluate(epoch: int) -> dict[str, float]:
-        """Rank 0 evaluates full weights (ZeRO-3 gathers them first); others wait."""
-        params = list(module.parameters())
-        gather = deepspeed.zero.GatheredParameters(params) if train.zero_stage == 3 else None
+    def evaluate() -> dict[str, float]:
+        """Rank 0's metrics. Under ZeRO-3 every rank runs the same forward passes (the partitioned
+        parameters are all-gathered by hooks that need every rank); otherwise rank 0 alone."""
         metrics: dict[str, float] = {}
-        with gather if gather is not None else contextlib.nullcontext():
-            if rank == 0:
-                embedder.eval()
-                for name, (benchmark, positions) in loop_config["benchmarks"].items():
-                    metrics.update(prefixed(evaluate_model(
-                        embedder, benchmark, config.eval.ks, query_positions=positions), name))
-                embedder.train()
+        if rank == 0 or train.zero_stage == 3:
+            embedder.eval()
+            for name, (benchmark, positions) in loop_config["benchmarks"].items():
+                metrics.update(prefixed(evaluate_model(
+                    embedder, benchmark, config.eval.ks, query_positions=positions), name))
+            embedder.train()
         dist.barrier()
-        return metrics
+        return metrics if rank == 0 else {}
 
     start_epoch = sampler.state_dict()["epoch"]
     step = engine.global_steps
@@ -235,7 +233,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                          "peak_rss_gib": _peak_rss_gib()}
         save(step)
         if (epoch + 1) % train.eval_every_epochs == 0 or epoch + 1 == train.epochs:
-            epoch_metrics.update(evaluate(epoch))
+            epoch_metrics.update(evaluate())
         if rank == 0:
             logger.log(epoch_metrics, step)
             log.info("AGCL epoch %d: %s", epoch, {k: round(v, 4) for k, v in
