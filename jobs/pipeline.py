@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  curl -s -X POST {summary['endpoint']}/search -H 'content-type: "
               f"application/json' -d '{{\"text\": \"orange juice\", \"k\": 5}}'")
         if not args.no_wait:
-            from afmrl.serve.launch import wait_forever
+            from afmrl.serve.launch import wait_until_interrupted
 
-            wait_forever()
+            print("serving; Ctrl-C to stop")
+            wait_until_interrupted()
     return 0
 
 

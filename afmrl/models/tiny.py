@@ -12,6 +12,8 @@ call returns immediately and a changed recipe rebuilds.
 from __future__ import annotations
 
 import json
+import string
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -162,22 +164,29 @@ def build_tiny_text_tower(out_dir: str | Path, seed: int = 0,
                           extra_texts: Iterable[str] = ()) -> Path:
     """A small BERT encoder + tokenizer trained offline (when MiniLM is not wanted)."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
     corpus = tokenizer_corpus(extra_texts)
-    recipe = {"kind": "tiny-bert", "version": _RECIPE_VERSION, "seed": seed,
-              "corpus": sha256_json(corpus)}
+    recipe = {"kind": "tiny-bert", "version": _RECIPE_VERSION, "vocab": "sorted-words",
+              "seed": seed, "corpus": sha256_json(corpus)}
     if _done(out_dir, recipe):
         return out_dir
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # A WordPiece vocabulary built directly (whole words by frequency, then characters as the
+    # fallback): the tokenizers trainer breaks frequency ties in hash order, which would make
+    # two builds from the same seed differ.
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in corpus for word, _ in
+                     splitter.pre_tokenize_str(normalizer.normalize_str(text)))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=4096,
-                                                              special_tokens=specials,
-                                                              show_progress=False))
+    chars = sorted({c for word in counts for c in word} | set(string.ascii_lowercase + string.digits))
+    words = sorted(counts, key=lambda w: (-counts[w], w))[:4096 - len(specials) - 2 * len(chars)]
+    vocab = specials + chars + [f"##{c}" for c in chars] + sorted(set(words) - set(chars))
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = splitter
     from tokenizers.processors import TemplateProcessing
     tok.post_processor = TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
