@@ -71,7 +71,8 @@ class DataConfig:
         "Grocery item list inside grocery_store/: 'items.csv' (5.5k images, 81 products) or "
         "'items_mini_packages.csv' (186 rows, 31 packaged products; CI-sized).", "items.csv")
     image_size: int = doc("Longest image side after validation/resizing, in pixels.", 224)
-    max_items: int | None = doc("Keep at most this many rows per split (debug runs).", None)
+    max_items: int | None = doc(
+        "Keep a seeded random sample of at most this many rows per split (short runs).", None)
 
     def __post_init__(self) -> None:
         _require(self.image_size >= 28, "data.image_size must be >= 28 px (one 14-px patch x 2)")

@@ -100,6 +100,7 @@ def load_catalog(config: DataConfig) -> pd.DataFrame:
         frame = pricerunner_catalog(config.root)
     else:
         frame = read_catalog_file(config.catalog).to_pandas()
-    if config.max_items:
-        frame = frame.groupby("split", group_keys=False).head(config.max_items)
+    if config.max_items:  # a seeded random sample per split (files are ordered by product)
+        sampled = frame.sample(frac=1.0, random_state=0).groupby("split").head(config.max_items)
+        frame = frame.loc[sorted(sampled.index)]
     return frame.reset_index(drop=True)

@@ -33,7 +33,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def parse(argv: Sequence[str] | None, description: str,
           p: argparse.ArgumentParser | None = None) -> tuple[AfmrlConfig, argparse.Namespace]:
     """Parse and validate; a config error exits with status 2 and the actionable message."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s afmrl %(message)s",
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     p = p or parser(description)
     args = p.parse_args(argv)

@@ -103,3 +103,15 @@ def test_images_are_resized_and_bad_ones_named(tmp_path, mini_catalog):
         decode_image(b"", 64, "upload")
     with pytest.raises(ImageError, match="upload: not a readable image"):
         decode_image(b"GIF89a garbage", 64, "upload")
+
+
+def test_max_items_is_a_seeded_sample_across_products(shared_data):
+    from afmrl.config import load_config
+    from afmrl.data import load_catalog
+
+    config = load_config(None, [f"data.root={shared_data}", "data.max_items=300"])
+    first, second = load_catalog(config.data), load_catalog(config.data)
+    assert first["item_id"].tolist() == second["item_id"].tolist()
+    train = first[first["split"] == "train"]
+    assert len(train) == 300 and train["group_id"].nunique() > 60  # not the first few products
+    assert (first["split"] == "catalog").sum() == 81
