@@ -17,7 +17,7 @@ import ray
 from afmrl.config import EvalConfig, IndexConfig, RayConfig
 from afmrl.index.faiss_index import VectorIndex, as_embeddings
 from afmrl.index.metrics import QueryMetrics, hit_matrix, per_query
-from afmrl.index.sharded import DEFAULT_SHARD_CPUS, gather_from_actors
+from afmrl.index.sharded import DEFAULT_ACTOR_CPUS, gather_from_actors
 from afmrl.utils.io import sha256_bytes, sha256_json
 from afmrl.utils.ray_utils import kill_actors
 
@@ -39,9 +39,9 @@ class GalleryScorer:
     def __init__(self, gallery_embeddings: np.ndarray, gallery_products: Sequence[Any],
                  config: IndexConfig, ks: Sequence[int]) -> None:
         self.products = np.asarray(gallery_products)
-        if len(self.products) != len(gallery_embeddings):
-            raise ValueError(f"{len(gallery_embeddings)} gallery embeddings but "
-                             f"{len(self.products)} product ids")
+        if len(self.products) != len(gallery_embeddings) or len(self.products) == 0:
+            raise ValueError(f"need a non-empty gallery with one product id per item, got "
+                             f"{len(gallery_embeddings)} embeddings and {len(self.products)} ids")
         self.ks = tuple(sorted(set(ks)))
         self.index = VectorIndex.build(gallery_embeddings, np.arange(len(self.products)), config,
                                        IN_MEMORY_MODEL_HASH)
@@ -133,7 +133,7 @@ class RecallEvaluator:
                       index_config: IndexConfig = IndexConfig(kind="flat"),
                       eval_config: EvalConfig = EvalConfig(),
                       ray_config: RayConfig = RayConfig(),
-                      num_cpus: float = DEFAULT_SHARD_CPUS) -> "RecallEvaluator":
+                      num_cpus: float = DEFAULT_ACTOR_CPUS) -> "RecallEvaluator":
         """Reuse the group ``name`` in ``ray_config.namespace`` or start it with the gallery.
 
         Without a gallery, only an existing group is accepted. The actors live as long as the

@@ -126,7 +126,8 @@ def _new_faiss_index(dim: int, n_train: int, config: IndexConfig
     if dim % config.pq_m:
         raise ConfigError(f"index.pq_m={config.pq_m} must divide the indexed dimension {dim}; "
                           f"choose a divisor such as {_divisors_near(dim, config.pq_m)}")
-    nbits = min(config.pq_nbits, max(1, int(math.log2(max(1, n_train // MIN_POINTS_PER_CENTROID)))))
+    fitted_bits = int(math.log2(max(2, n_train // MIN_POINTS_PER_CENTROID)))
+    nbits = min(config.pq_nbits, fitted_bits)
     if nbits < config.pq_nbits:
         log.info("index.pq_nbits lowered from %d to %d for %d training vectors",
                  config.pq_nbits, nbits, n_train)
@@ -174,7 +175,8 @@ def read_manifest(path: str | Path, expected_model_hash: str | None = None,
                                  f"{manifest.get('format_version')!r}, this afmrl reads "
                                  f"{FORMAT_VERSION}; rebuild the index")
     if manifest.get("layout") != layout:
-        loader = "ShardedIndex.load" if manifest.get("layout") == "sharded" else "VectorIndex.load"
+        loader = ("ShardedIndex.load" if manifest.get("layout") == "sharded"
+                  else "VectorIndex.load")
         raise IndexMismatchError(f"index at {path} is a {manifest.get('layout')!r} index, not "
                                  f"{layout!r}; open it with {loader}")
     if expected_model_hash is not None and manifest["model_hash"] != expected_model_hash:
@@ -285,13 +287,16 @@ class VectorIndex:
         ids[padding] = missing_id(ids)
         return rank_results(scores, ids, self.config.metric, k)
 
+    def memory_bytes(self) -> int:
+        """Size of the serialised FAISS index plus the id array: about what it holds in RAM."""
+        return int(faiss.serialize_index(self._cpu_index).nbytes + self._ids.nbytes)
+
     def manifest(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION, "layout": "single", "model_hash": self.model_hash, "dim": self.dim,
-            "dim_prefix": self.config.dim_prefix, "metric": self.config.metric,
+            "format_version": FORMAT_VERSION, "layout": "single", "model_hash": self.model_hash,
+            "dim": self.dim, "dim_prefix": self.config.dim_prefix, "metric": self.config.metric,
             "kind": self.config.kind, "item_count": len(self), "build_params": self.build_params,
-            "config": dataclasses.asdict(self.config),
-            "faiss_version": faiss.__version__,
+            "config": dataclasses.asdict(self.config), "faiss_version": faiss.__version__,
         }
 
     def save(self, path: str | Path) -> None:

@@ -25,7 +25,7 @@ from afmrl.index.faiss_index import (FORMAT_VERSION, MANIFEST, MISSING_STR, Vect
 from afmrl.utils.io import atomic_path, atomic_write_json
 from afmrl.utils.ray_utils import get_with_timeout, kill_actors
 
-DEFAULT_SHARD_CPUS = 0.5
+DEFAULT_ACTOR_CPUS = 0.5
 
 
 class ShardUnavailable(RuntimeError):
@@ -44,8 +44,8 @@ def gather_from_actors(refs: Sequence[ray.ObjectRef], labels: Sequence[str], tim
                                             f"{what} on {label}"))
         except ray.exceptions.RayActorError as error:
             raise ShardUnavailable(
-                f"{what}: {label} is dead or unreachable ({type(error).__name__}). Its data is "
-                f"lost from memory: shut the group down and load/build it again") from error
+                f"{what}: {label} is dead or unreachable; its in-memory index is lost: shut the "
+                f"group down and load/build it again. Ray says: {error}") from error
     return results
 
 
@@ -140,7 +140,7 @@ class ShardedIndex:
     @classmethod
     def build(cls, embeddings: np.ndarray, ids: Sequence[Any] | np.ndarray, config: IndexConfig,
               model_hash: str, ray_config: RayConfig = RayConfig(), name: str | None = None,
-              num_cpus: float = DEFAULT_SHARD_CPUS) -> "ShardedIndex":
+              num_cpus: float = DEFAULT_ACTOR_CPUS) -> "ShardedIndex":
         """Split items over ``config.num_shards`` new actors and build each shard's index.
 
         ``name`` makes the actors named (``<name>-shard-<i>`` in ``ray_config.namespace``) so
@@ -164,7 +164,7 @@ class ShardedIndex:
     @classmethod
     def load(cls, path: str | Path, ray_config: RayConfig = RayConfig(),
              expected_model_hash: str | None = None, expected_dim: int | None = None,
-             name: str | None = None, num_cpus: float = DEFAULT_SHARD_CPUS,
+             name: str | None = None, num_cpus: float = DEFAULT_ACTOR_CPUS,
              use_gpu: bool | None = None) -> "ShardedIndex":
         """Start one actor per saved shard and load it; refuses a mismatched embedder/dim.
 

@@ -1,0 +1,53 @@
+"""Index stage: embed the catalog gallery with a trained embedder and save a sharded index.
+
+Beside the FAISS shards it writes ``items.parquet`` (what a search result shows: title, image,
+attributes) so serving needs nothing but this folder and the embedder it names.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from afmrl.config import AfmrlConfig
+from afmrl.index.sharded import ShardedIndex
+from afmrl.models.embedders import embed, load_embedder
+from afmrl.train.data import catalog_inputs, usable
+from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
+
+log = logging.getLogger("afmrl")
+ITEMS_FILE = "items.parquet"
+SOURCE_FILE = "embedder.json"
+
+
+def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.DataFrame,
+                        out_dir: Path, tracker=None) -> Path:
+    """Embed every usable catalog item (split 'catalog') and save the sharded index."""
+    gallery = usable(catalog)
+    gallery = gallery[gallery["split"] == "catalog"].reset_index(drop=True)
+    model = load_embedder(embedder_path)
+    started = time.perf_counter()
+    embeddings = embed(model, catalog_inputs(gallery, config.extract.attribute_keys),
+                       progress=True)
+    model_hash = fingerprint_tree(embedder_path)
+    index = ShardedIndex.build(embeddings, gallery["item_id"].tolist(), config.index, model_hash,
+                               config.ray)
+    try:
+        index.save(out_dir)
+    finally:
+        index.shutdown()
+    with atomic_path(out_dir / ITEMS_FILE) as tmp:
+        gallery[["item_id", "group_id", "title", "text", "image_uri", "attributes",
+                 "coarse_group"]].to_parquet(tmp, index=False)
+    atomic_write_json(out_dir / SOURCE_FILE, {"embedder": str(Path(embedder_path).resolve()),
+                                              "model_hash": model_hash,
+                                              "dim": int(embeddings.shape[1])})
+    seconds = time.perf_counter() - started
+    log.info("index: %d items, dim %d, %d shards -> %s (%.1fs)", len(gallery),
+             embeddings.shape[1], config.index.num_shards, out_dir, seconds)
+    if tracker is not None:
+        tracker.log_metrics({"index_items": len(gallery), "index_seconds": seconds})
+        tracker.log_inputs({"index_model_hash": model_hash})
+    return out_dir
