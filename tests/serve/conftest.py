@@ -1,0 +1,99 @@
+"""One live search app for the serve tests: Ray, a small real index (mini grocery catalog,
+untrained embedder), the tiny generator and the Serve app on a free port, started once for the
+package and shut down after its last test."""
+from __future__ import annotations
+
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import ray
+
+from afmrl.config import DEFAULT_SHARED_DATA, AfmrlConfig, load_config
+
+GROCERY = DEFAULT_SHARED_DATA / "grocery_store"
+APPLE_JUICE = ("dataset/iconic-images-and-descriptions/Packages/Juice/Bravo-Apple-Juice/"
+               "Bravo-Apple-Juice_Iconic.jpg")
+
+
+@dataclass(frozen=True)
+class LiveApp:
+    url: str
+    config: AfmrlConfig
+    index_dir: Path
+    image_root: Path  # holds apple.jpg, corrupt.jpg and escape.jpg (a symlink out of it)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _image_root(root: Path) -> Path:
+    """Request images: a real one, a corrupt one, and a symlink to a real image outside."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    shutil.copy(GROCERY / APPLE_JUICE, images / "apple.jpg")
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    outside = root / "outside.jpg"
+    shutil.copy(GROCERY / APPLE_JUICE, outside)
+    (images / "escape.jpg").symlink_to(outside)
+    return images
+
+
+@pytest.fixture(scope="package")
+def ray_session() -> Iterator[None]:
+    """Ray for the serve tests; a cluster another test package already started is reused and
+    left to its owner (never `ray stop`: it kills other users' clusters)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, namespace="afmrl-test-serve")
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="package")
+def serve_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="package")
+def image_root(serve_root) -> Path:
+    return _image_root(serve_root)
+
+
+@pytest.fixture(scope="package")
+def serve_config(serve_root, image_root) -> AfmrlConfig:
+    return load_config(None, [
+        f"run_dir={serve_root}", "models.text_tower=tiny", "index.num_shards=2",
+        "extract.max_tokens=16", "ray.call_timeout_s=60", f"serve.port={_free_port()}",
+        "serve.embed_replicas=2", "serve.max_replicas=2", f"serve.image_root={image_root}",
+        f"serve.max_body_bytes={2 * 1024 * 1024}"])
+
+
+@pytest.fixture(scope="package")
+def index_dir(ray_session, serve_config, serve_root) -> Path:
+    """The sample index (live updates by the app land in its journal)."""
+    from afmrl.serve.sample import sample_index
+
+    return sample_index(serve_config, serve_root / "sample")
+
+
+@pytest.fixture(scope="package")
+def live_app(serve_config, index_dir, image_root, serve_root) -> Iterator[LiveApp]:
+    from ray import serve
+
+    from afmrl.models.tiny import build_tiny_generator
+    from afmrl.serve.launch import launch
+
+    generator = build_tiny_generator(serve_root / "generator", seed=0)
+    url = launch(serve_config, index_dir, generator, blocking=False)
+    try:
+        yield LiveApp(url, serve_config, index_dir, image_root)
+    finally:
+        serve.shutdown()

@@ -1,0 +1,40 @@
+"""The search page in a real headless Chromium: a query in the URL renders result cards."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=(
+    "the browser test needs Debian's chromium at /usr/bin/chromium "
+    "(apt-get install chromium chromium-driver; .ci/run installs it)"))
+
+
+def rendered_dom(url: str, profile: Path) -> str:
+    """The DOM after the page's scripts ran. Virtual time only advances while the page is idle,
+    so the budget covers the fetches to the app without sleeping in real time."""
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=30000",
+               "--dump-dom", url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180,
+                          check=True).stdout
+
+
+def test_a_query_renders_result_cards(live_app, tmp_path):
+    expected = requests.post(f"{live_app.url}/search", json={"text": "apple juice", "k": 5},
+                             timeout=60).json()["hits"]
+    dom = rendered_dom(f"{live_app.url}/?q=apple+juice&k=5", tmp_path)
+    cards = re.findall(r'<article class="result" data-item-id="([^"]+)">(.*?)</article>', dom,
+                       re.S)
+    assert [item_id for item_id, _ in cards] == [hit["item_id"] for hit in expected]
+    for (_, card), hit in zip(cards, expected):
+        assert f'<img alt="{hit["title"]}" src="{hit["image_url"]}">' in card
+        assert f"<h3>{hit['title'] or hit['item_id']}</h3>" in card
+        for key, value in hit["attributes"].items():
+            assert f"<li>{key}: {value}</li>" in card
+    assert re.search(r'<div id="status" role="status"[^>]*>5 results in \d+ ms', dom)
