@@ -23,6 +23,7 @@ bench: install
 	$(PY) bench/bench_index.py --n 200000
 	$(PY) bench/bench_extract.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_serve.py --seconds 8
 
 clean:
 	rm -rf runs .pytest_cache

@@ -25,7 +25,9 @@ def decode_image(data: bytes, max_side: int, source: str = "<bytes>") -> Image.I
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:
+        raise ImageError(f"{source}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, Image.DecompressionBombError) as error:
         raise ImageError(f"{source}: not a readable image ({error})") from None
     image = image.convert("RGB")
     if max(image.size) > max_side:

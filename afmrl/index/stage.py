@@ -12,9 +12,6 @@ from pathlib import Path
 import pandas as pd
 
 from afmrl.config import AfmrlConfig
-from afmrl.index.sharded import ShardedIndex
-from afmrl.models.embedders import embed, load_embedder
-from afmrl.train.data import catalog_inputs, usable
 from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
 
 log = logging.getLogger("afmrl")
@@ -25,6 +22,10 @@ SOURCE_FILE = "embedder.json"
 def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.DataFrame,
                         out_dir: Path, tracker=None) -> Path:
     """Embed every usable catalog item (split 'catalog') and save the sharded index."""
+    from afmrl.index.sharded import ShardedIndex
+    from afmrl.models.embedders import embed, load_embedder
+    from afmrl.train.data import catalog_inputs, usable
+
     gallery = usable(catalog)
     gallery = gallery[gallery["split"] == "catalog"].reset_index(drop=True)
     model = load_embedder(embedder_path)
