@@ -1,0 +1,62 @@
+"""Shared RAR fixtures: a private local Ray cluster, the mini grocery catalog, its teacher
+attributes (standing in for stage-0 output) and an untrained embedder export (stage-1 stand-in)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+import ray
+
+from afmrl.config import REPO_ROOT, AfmrlConfig, load_config
+from afmrl.data.catalogs import grocery_catalog
+from afmrl.extract.sft import metadata_attributes
+from afmrl.models.embedders import build_embedder, save_embedder
+
+NAMESPACE = "afmrl-test-rl"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A private local cluster (never `ray stop`: it would kill other users' clusters)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, namespace=NAMESPACE)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rl_config() -> Callable[..., AfmrlConfig]:
+    """``rl_config(run_dir, *overrides)``: the mini profile under ``run_dir``; k=3 keeps
+    Recall@k informative on 31 products (k=10 is a third of the gallery)."""
+    def make(run_dir: Path, *overrides: str) -> AfmrlConfig:
+        return load_config(REPO_ROOT / "configs" / "mini.yaml",
+                           [f"run_dir={run_dir}", f"ray.namespace={NAMESPACE}", "rl.recall_k=3",
+                            *overrides])
+    return make
+
+
+@pytest.fixture(scope="session")
+def catalog() -> pd.DataFrame:
+    config = load_config(None, ["data.grocery_items_file=items_mini_packages.csv"])
+    return grocery_catalog(config.data.root, config.data.grocery_items_file)
+
+
+@pytest.fixture(scope="session")
+def attributes_table(catalog) -> pd.DataFrame:
+    """item_id -> attributes JSON for the catalog items, as `afmrl extract` writes them."""
+    gallery = catalog[catalog["split"] == "catalog"]
+    return pd.DataFrame({"item_id": gallery["item_id"],
+                         "attributes": [json.dumps(metadata_attributes(row))
+                                        for _, row in gallery.iterrows()]})
+
+
+@pytest.fixture(scope="session")
+def embedder_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("embedder")
+    return save_embedder(build_embedder(load_config(None).models, root / "cache"),
+                         root / "embedder")
