@@ -260,19 +260,27 @@ def serve_ignored_keys(raw: dict) -> list[str]:
 SERVE_DECORATORS = ("serve.deployment", "deployment")
 
 
+def _deployment_name(call: ast.Call, default: str) -> str:
+    renamed = [kw.value.value for kw in call.keywords
+               if kw.arg == "name" and isinstance(kw.value, ast.Constant)]
+    return renamed[0] if renamed else default
+
+
 def deployment_names_in_code(source: str) -> set[str]:
-    """Classes decorated with @serve.deployment / @serve.deployment(...), by deployment name."""
+    """Deployment names in the source: classes decorated with @serve.deployment(...), and
+    ``X = serve.deployment(name=...)(SomeClass)`` assignments."""
     names = set()
     for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.ClassDef):
-            continue
-        for decorator in node.decorator_list:
-            call = decorator if isinstance(decorator, ast.Call) else None
-            if ast.unparse(call.func if call else decorator) not in SERVE_DECORATORS:
-                continue
-            renamed = [kw.value.value for kw in (call.keywords if call else [])
-                       if kw.arg == "name" and isinstance(kw.value, ast.Constant)]
-            names.add(renamed[0] if renamed else node.name)
+        if isinstance(node, ast.ClassDef):
+            for decorator in node.decorator_list:
+                call = decorator if isinstance(decorator, ast.Call) else None
+                if ast.unparse(call.func if call else decorator) in SERVE_DECORATORS:
+                    names.add(_deployment_name(call, node.name) if call else node.name)
+        elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+              and isinstance(node.value.func, ast.Call)
+              and ast.unparse(node.value.func.func) in SERVE_DECORATORS):
+            target = node.targets[0].id if isinstance(node.targets[0], ast.Name) else ""
+            names.add(_deployment_name(node.value.func, target))
     return names
 
 
@@ -590,8 +598,8 @@ def test_serve_deployments_exist_in_the_code(path, doc):
 def test_deployment_names_are_read_from_decorators():
     source = ("from ray import serve\n@serve.deployment\nclass A: pass\n"
               "@serve.deployment(name='B', num_replicas=2)\nclass Impl: pass\n"
-              "@dataclass\nclass C: pass\n")
-    assert deployment_names_in_code(source) == {"A", "B"}
+              "@dataclass\nclass C: pass\nD = serve.deployment(name='E')(Impl)\n")
+    assert deployment_names_in_code(source) == {"A", "B", "E"}
 
 
 @pytest.mark.parametrize(("path", "doc"), RAY_SERVICES, ids=ids(RAY_SERVICES))
