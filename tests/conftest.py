@@ -47,13 +47,29 @@ def tiny_generator(model_cache) -> Path:
     return build_tiny_generator(model_cache / "tiny-qwen2-vl", seed=0)
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray cluster for the session (4 logical CPUs on 2 cores, see stack.md)."""
+def ensure_ray():
+    """A real local Ray cluster (4 logical CPUs on 2 cores, see stack.md), started on first use.
+
+    One cluster serves the whole session; a test that shuts it down (the end-to-end job owns
+    its own cluster) gets it restarted for the next test. It is stopped at session end
+    (``pytest_sessionfinish``), never with `ray stop`, which would kill every cluster here.
+    """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, namespace="afmrl-tests",
-                 log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    from afmrl.config import RayConfig
+    from afmrl.utils.ray_utils import init_ray
+
+    init_ray(RayConfig(num_cpus=4, namespace="afmrl-tests"))
+    return ray
+
+
+@pytest.fixture
+def ray_local():
+    return ensure_ray()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 
 from afmrl.config import RayConfig
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A private local cluster (never `ray stop`: it would kill other users' clusters)."""
-    ray.init(num_cpus=4, include_dashboard=False, namespace="afmrl-test-index")
-    yield
-    ray.shutdown()
+    """The session's local cluster: started here if no test started it yet, stopped at
+    session end by tests/conftest.py (never `ray stop`: it kills every cluster here)."""
+    from afmrl.utils.ray_utils import init_ray
+
+    init_ray(RayConfig(num_cpus=4, namespace="afmrl-tests"))
 
 
 @pytest.fixture(scope="session")

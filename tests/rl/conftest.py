@@ -8,7 +8,6 @@ from typing import Callable
 
 import pandas as pd
 import pytest
-import ray
 
 from afmrl.config import REPO_ROOT, AfmrlConfig, load_config
 from afmrl.data.catalogs import grocery_catalog
@@ -20,13 +19,12 @@ NAMESPACE = "afmrl-test-rl"
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A private local cluster (never `ray stop`: it would kill other users' clusters)."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, include_dashboard=False, namespace=NAMESPACE)
-    yield
-    if started:
-        ray.shutdown()
+    """The session's local cluster: started here if no test started it yet, stopped at
+    session end by tests/conftest.py (never `ray stop`: it kills every cluster here)."""
+    from afmrl.config import RayConfig as _RayConfig
+    from afmrl.utils.ray_utils import init_ray
+
+    init_ray(_RayConfig(num_cpus=4, namespace="afmrl-tests"))
 
 
 @pytest.fixture(scope="session")
