@@ -22,15 +22,16 @@ def _config(tmp_path, *extra):
         "train.cpus_per_worker=1", *extra])
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_agcl_trains_exports_and_logs(ray_local, mini_catalog, tmp_path, zero_stage):
-    config = _config(tmp_path, f"train.zero_stage={zero_stage}", "train.epochs=2")
+@pytest.mark.parametrize("embedder, zero_stage", [("dual", 2), ("dual", 3), ("vlm2vec", 2)])
+def test_agcl_trains_exports_and_logs(ray_local, mini_catalog, tmp_path, embedder, zero_stage):
+    config = _config(tmp_path, f"train.zero_stage={zero_stage}", "train.epochs=2",
+                     f"models.embedder={embedder}")
     tracker = Tracker(config)
     with tracker.run("train"):
         result = run_agcl(config, None, "agcl", tracker, mini_catalog)
         run_id = mlflow.active_run().info.run_id
     model = load_embedder(result.embedder)
-    assert model.kind == "dual"
+    assert model.kind == embedder
     metrics = mlflow.tracking.MlflowClient(tracker.uri).get_run(run_id).data.metrics
     assert "grocery/recall_at_1" in metrics and "samples_per_s_per_worker" in metrics
     assert 0.0 <= metrics["grocery/recall_at_10"] <= 1.0
