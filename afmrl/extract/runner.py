@@ -58,6 +58,11 @@ class AttributeExtractor:
         return extraction_request(item, self.config.attribute_keys), image
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        # A retried batch (its actor died after writing) is read back, never generated again.
+        digest = hashlib.sha256("".join(batch["resume_key"]).encode()).hexdigest()[:20]
+        part = self.parts_dir / f"part-{digest}.parquet"
+        if part.is_file():
+            return pd.read_parquet(part)
         started = time.perf_counter()
         requests, positions, input_errors = [], [], [""] * len(batch)
         for position, (_, row) in enumerate(batch.iterrows()):
@@ -88,8 +93,7 @@ class AttributeExtractor:
             "input_error": input_errors, "num_tokens": tokens,
         })
         out["seconds"] = time.perf_counter() - started
-        digest = hashlib.sha256("".join(out["resume_key"]).encode()).hexdigest()[:20]
-        with atomic_path(self.parts_dir / f"part-{digest}.parquet") as tmp:
+        with atomic_path(part) as tmp:
             out.to_parquet(tmp, index=False)
         return out
 
