@@ -72,8 +72,7 @@ def tfidf_baseline(benchmark: RetrievalSet, query_positions: np.ndarray,
         top = np.argpartition(-scores, depth, axis=1)[:, :depth]
         order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
         ranked[start:start + 512] = np.take_along_axis(top, order, 1)
-    # Reuse the exact evaluator on one-hot "embeddings" of the ranking would be wasteful; score
-    # the ranking directly with the shared metric functions instead.
+    # The ranking is scored with the same metric functions the evaluator uses.
     from afmrl.index.metrics import hit_matrix, per_query
 
     keep = ranked != query_positions[:, None]
