@@ -55,9 +55,9 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path, capsys):
         response = requests.post("http://127.0.0.1:8765/search",
                                  json={"text": "orange juice", "k": 3}, timeout=60)
         assert response.status_code == 200, response.text
-        results = response.json()["results"]
-        assert len(results) == 3
-        assert {"item_id", "score", "title", "attributes"} <= set(results[0])
+        body = response.json()
+        assert len(body["hits"]) == 3 and body["query_text"]
+        assert {"item_id", "score", "title", "attributes"} <= set(body["hits"][0])
 
         # The MLflow run tree: one parent, a child per stage.
         runs = run_tree(config)
