@@ -12,6 +12,10 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "afmrl: $VENV is up to date"; exit 0
 fi
 command -v "$PYTHON" >/dev/null || { echo "afmrl: $PYTHON not found; install Python 3.11 or set PYTHON=" >&2; exit 1; }
+# A venv left half-created (interrupted install) has no pip: start it again.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  echo "afmrl: $VENV is incomplete (no pip); recreating it"; rm -rf "$VENV"
+fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --progress-bar off -c requirements/constraints.txt)
 
