@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from afmrl.config import REPO_ROOT, AfmrlConfig
@@ -138,11 +137,4 @@ def run_tree(config: AfmrlConfig) -> list[dict[str, Any]]:
             for r in runs]
 
 
-def stage_dir(config: AfmrlConfig, stage: str) -> Path:
-    path = config.run_path / stage
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-__all__ = ["Tracker", "metric_key", "tracking_uri", "git_sha", "package_versions", "run_tree",
-           "stage_dir"]
+__all__ = ["Tracker", "metric_key", "tracking_uri", "git_sha", "package_versions", "run_tree"]

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from afmrl.config import EvalConfig, IndexConfig
+from afmrl.config import IndexConfig
 from afmrl.index.evaluator import evaluate_retrieval
 from afmrl.models.embedders import embed
 from afmrl.train.data import RetrievalSet
@@ -87,6 +87,3 @@ def tfidf_baseline(benchmark: RetrievalSet, query_positions: np.ndarray,
 def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
-
-def default_ks(config: EvalConfig) -> tuple[int, ...]:
-    return tuple(sorted(set(config.ks) | {10}))
