@@ -489,5 +489,8 @@ def reference(cls: type = AfmrlConfig, prefix: str = "") -> list[tuple[str, str,
             rows.extend(reference(sub, key + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
-        rows.append((key, repr(_to_plain(default)), f.metadata.get("help", "")))
+        shown = repr(_to_plain(default))
+        # Machine-dependent defaults are shown relative to the checkout, so the doc is portable.
+        shown = shown.replace(str(REPO_ROOT.parent), "<checkout>/..")
+        rows.append((key, shown, f.metadata.get("help", "")))
     return rows
