@@ -29,6 +29,30 @@ def metric_key(name: str) -> str:
     return re.sub(r"_+", "_", key).strip("_")
 
 
+def safe_metrics(metrics: Mapping[str, float | None]) -> dict[str, float]:
+    """MLflow-safe keys, finite values only (MLflow rejects NaN/inf in some stores)."""
+    return {metric_key(k): float(v) for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))}
+
+
+class WorkerMetricLogger:
+    """Metrics from a Ray worker into a run the driver opened (by id, no fluent state): Ray
+    Train rejects MLflowLoggerCallback, plain client calls work (stack.md). No-op without a run."""
+
+    def __init__(self, uri: str | None, run_id: str | None):
+        self.client = None
+        if uri and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(uri), run_id
+
+    def log(self, metrics: Mapping[str, float | None], step: int) -> None:
+        if self.client is None:
+            return
+        for key, value in safe_metrics(metrics).items():
+            self.client.log_metric(self.run_id, key, value, step=step)
+
+
 def tracking_uri(config: AfmrlConfig) -> str:
     if config.tracking.tracking_uri:
         return config.tracking.tracking_uri
@@ -96,8 +120,7 @@ class Tracker:
             mlflow.log_params(dict(items[start:start + 100]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        clean = {metric_key(k): float(v) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))}
+        clean = safe_metrics(metrics)
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 

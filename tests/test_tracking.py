@@ -2,7 +2,7 @@
 import pytest
 
 from afmrl.config import load_config
-from afmrl.tracking import Tracker, metric_key, run_tree
+from afmrl.tracking import Tracker, WorkerMetricLogger, metric_key, run_tree
 
 
 @pytest.mark.parametrize("raw, clean", [("Recall@10", "recall_at_10"), ("mAP@10", "map_at_10"),
@@ -30,3 +30,16 @@ def test_parent_and_child_runs_with_provenance(tmp_path):
     assert data.tags["git_sha"] and data.params["train.lr"] == "0.0001"
     child = client.get_run(runs["extract"]["run_id"]).data
     assert child.tags["hash.catalog"] == "abc123"
+
+
+def test_worker_logger_writes_into_the_drivers_run_by_id(tmp_path):
+    config = load_config(None, [f"run_dir={tmp_path}"])
+    tracker = Tracker(config)
+    with tracker.run("train") as active:
+        run_id = active.info.run_id
+    # A worker process knows only the URI and the run id (no fluent MLflow state).
+    worker = WorkerMetricLogger(tracker.uri, run_id)
+    worker.log({"grocery/Recall@1": 0.25, "loss": float("inf"), "skipped": None}, step=3)
+    WorkerMetricLogger(None, None).log({"ignored": 1.0}, step=0)  # no run: a no-op
+    runs = {r["name"]: r for r in run_tree(config)}
+    assert runs["train"]["metrics"] == {"grocery/recall_at_1": 0.25}

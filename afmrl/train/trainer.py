@@ -29,6 +29,7 @@ from torch import nn
 
 from afmrl.config import AfmrlConfig, TrainConfig, config_from_dict
 from afmrl.layout import RunLayout
+from afmrl.tracking import WorkerMetricLogger
 from afmrl.train.data import PairSet, RetrievalSet
 
 log = logging.getLogger("afmrl")
@@ -97,27 +98,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-class _MlflowLogger:
-    """Rank-0 metric logging into the driver's MLflow run (MLflowLoggerCallback is rejected by
-    Ray Train's current trainer; plain client calls work, stack.md)."""
-
-    def __init__(self, tracking_uri: str | None, run_id: str | None):
-        self.client = None
-        if tracking_uri and run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client, self.run_id = MlflowClient(tracking_uri), run_id
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from afmrl.tracking import metric_key
-
-        for key, value in metrics.items():
-            if value is not None and np.isfinite(value):
-                self.client.log_metric(self.run_id, metric_key(key), float(value), step=step)
-
-
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker AGCL loop (runs inside Ray Train workers)."""
     import deepspeed
@@ -155,7 +135,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         config=deepspeed_config(train, total_steps))
     device = engine.device
     stats = BM25Stats.fit(loop_config["bm25_corpus"]) if train.attribute_weights else None
-    logger = _MlflowLogger(loop_config.get("tracking_uri"), loop_config.get("run_id"))
+    logger = WorkerMetricLogger(loop_config.get("tracking_uri"), loop_config.get("run_id"))
 
     tag = latest_checkpoint(checkpoint_dir)
     if tag is not None:
