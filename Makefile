@@ -20,7 +20,7 @@ test-fast: install
 	$(PY) -m pytest -q -rs tests -m "not slow"
 
 bench: install
-	$(PY) bench/bench_index.py --n 200000
+	$(PY) bench/bench_index.py --n 1000000
 	$(PY) bench/bench_extract.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_serve.py --seconds 8
