@@ -69,8 +69,4 @@ def run_agcl(config: AfmrlConfig, attributes: pd.DataFrame | None, tag: str, tra
         benchmark, positions = benchmarks["pricerunner"]
         tracker.log_metrics(prefixed(tfidf_baseline(benchmark, positions, config.eval.ks),
                                      "pricerunner_tfidf"))
-    result = train_agcl(config, tag, pairs, benchmarks, corpus, tracker, init_from)
-    if tracker is not None and result.metrics:
-        tracker.log_metrics({k: v for k, v in result.metrics.items()
-                             if isinstance(v, (int, float))})
-    return result
+    return train_agcl(config, tag, pairs, benchmarks, corpus, tracker, init_from)

@@ -14,6 +14,7 @@ storage (a PVC / NFS), as every rank writes its own ZeRO shards there.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -31,8 +32,10 @@ from afmrl.config import AfmrlConfig, TrainConfig, config_from_dict
 from afmrl.layout import RunLayout
 from afmrl.tracking import WorkerMetricLogger
 from afmrl.train.data import PairSet, RetrievalSet
+from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
+METRICS_FILE = "metrics.json"  # rank 0's metrics of the last finished epoch
 
 
 class EmbedderWithLoss(nn.Module):
@@ -216,9 +219,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             epoch_metrics.update(evaluate())
         if rank == 0:
             logger.log(epoch_metrics, step)
+            # Ray Train v2 keeps no metrics reported without a checkpoint: the driver reads this.
+            atomic_write_json(out_dir / METRICS_FILE, epoch_metrics)
             log.info("AGCL epoch %d: %s", epoch, {k: round(v, 4) for k, v in
                                                    epoch_metrics.items()})
-        ray.train.report(epoch_metrics)
 
     params = list(module.parameters())
     gather = deepspeed.zero.GatheredParameters(params) if train.zero_stage == 3 else None
@@ -261,7 +265,9 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     embedder_dir = out_dir / "embedder"
     if (embedder_dir / "embedder.json").is_file():
         log.info("AGCL %s already trained: %s", tag, embedder_dir)
-        return TrainResult(embedder_dir, {}, 0.0)
+        saved = out_dir / METRICS_FILE
+        return TrainResult(embedder_dir, json.loads(saved.read_text()) if saved.is_file() else {},
+                           0.0)
     print(f"AGCL {tag}: effective batch = per_device_batch_size {train.per_device_batch_size} x "
           f"num_workers {train.num_workers} x grad_accum_steps {train.grad_accum_steps} = "
           f"{train.effective_batch_size} pairs/step; ZeRO-{train.zero_stage}"
@@ -296,7 +302,6 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started
-    metrics = dict(result.metrics or {})
     if not (embedder_dir / "embedder.json").is_file():
         raise RuntimeError(f"AGCL {tag} finished without exporting {embedder_dir}; see the "
                            f"worker logs above")
@@ -305,4 +310,4 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
 
         tracker.log_metrics({"train_seconds": seconds})
         tracker.log_inputs({f"embedder_{tag}": fingerprint_tree(embedder_dir)})
-    return TrainResult(embedder_dir, metrics, seconds)
+    return TrainResult(embedder_dir, json.loads((out_dir / METRICS_FILE).read_text()), seconds)
