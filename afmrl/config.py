@@ -54,6 +54,9 @@ class RayConfig:
     namespace: str = doc("Ray namespace for named, long-lived actors (evaluator, index shards).",
                          "afmrl")
     call_timeout_s: float = doc("Timeout of every remote actor call; a hang is a bug.", 300.0)
+    dashboard: bool = doc(
+        "Start Ray's dashboard with a *local* cluster (127.0.0.1:8265): the UI, and the state API "
+        "that `ray list actors` and Ray Train's placement-group cleaner need.", True)
 
     def __post_init__(self) -> None:
         _require(self.call_timeout_s > 0, "ray.call_timeout_s must be > 0 seconds")

@@ -59,7 +59,9 @@ def ensure_ray():
     from afmrl.config import RayConfig
     from afmrl.utils.ray_utils import init_ray
 
-    init_ray(RayConfig(num_cpus=4, namespace="afmrl-tests"))
+    # No dashboard: it adds processes and start-up time to every test cluster; the user-facing
+    # default (dashboard on) is exercised by the end-to-end and job-submission tests.
+    init_ray(RayConfig(num_cpus=4, namespace="afmrl-tests", dashboard=False))
     return ray
 
 

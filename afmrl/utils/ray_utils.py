@@ -30,7 +30,8 @@ def init_ray(config: RayConfig) -> dict[str, float]:
             ray.init(address=address, **kwargs)
         else:
             num_cpus = config.num_cpus or max(4, 2 * (os.cpu_count() or 1))
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            ray.init(num_cpus=num_cpus, include_dashboard=config.dashboard,
+                     dashboard_host="127.0.0.1", **kwargs)
     return dict(ray.cluster_resources())
 
 

@@ -1,19 +1,11 @@
-"""Shared fixtures: one local Ray cluster for the session, and clustered embeddings."""
+"""Index fixtures: a Ray config for index actors, and clustered embeddings (the Ray cluster
+itself is tests/conftest.py's ray_local)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from afmrl.config import RayConfig
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """The session's local cluster: started here if no test started it yet, stopped at
-    session end by tests/conftest.py (never `ray stop`: it kills every cluster here)."""
-    from afmrl.utils.ray_utils import init_ray
-
-    init_ray(RayConfig(num_cpus=4, namespace="afmrl-tests"))
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def assert_same(a, b) -> None:
     np.testing.assert_array_equal(a.first_rank, b.first_rank)
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("ray_local")
 def test_actor_group_equals_in_process_function(catalog, evaluators, ray_config):
     gallery, products, queries, query_products = catalog
     eval_config = EvalConfig(ks=KS, num_evaluators=2)
@@ -49,7 +49,7 @@ def test_actor_group_equals_in_process_function(catalog, evaluators, ray_config)
     assert 0 < expected.summary()["recall_at_1"] < 1 and np.isinf(expected.first_rank).any()
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("ray_local")
 def test_second_caller_reuses_the_named_group(catalog, evaluators, ray_config):
     gallery, products, queries, query_products = catalog
     eval_config = EvalConfig(ks=KS, num_evaluators=2)
@@ -71,7 +71,7 @@ def test_second_caller_reuses_the_named_group(catalog, evaluators, ray_config):
         RecallEvaluator.get_or_create("eval-nobody", ray_config=ray_config)
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("ray_local")
 def test_dead_evaluator_actor_is_reported_by_name(catalog, evaluators, ray_config):
     gallery, products, queries, query_products = catalog
     group = RecallEvaluator.get_or_create("eval-doomed", gallery, products,

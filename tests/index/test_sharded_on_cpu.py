@@ -9,7 +9,7 @@ from afmrl.config import IndexConfig
 from afmrl.index.faiss_index import IndexMismatchError, VectorIndex
 from afmrl.index.sharded import ShardedIndex, ShardUnavailable, shard_of
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Shared RAR fixtures: a private local Ray cluster, the mini grocery catalog, its teacher
-attributes (standing in for stage-0 output) and an untrained embedder export (stage-1 stand-in)."""
+"""Shared RAR fixtures: the mini grocery catalog, its teacher attributes (standing in for
+stage-0 output) and an untrained embedder export (stage-1 stand-in)."""
 from __future__ import annotations
 
 import json
@@ -15,16 +15,6 @@ from afmrl.extract.sft import metadata_attributes
 from afmrl.models.embedders import build_embedder, save_embedder
 
 NAMESPACE = "afmrl-test-rl"
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """The session's local cluster: started here if no test started it yet, stopped at
-    session end by tests/conftest.py (never `ray stop`: it kills every cluster here)."""
-    from afmrl.config import RayConfig as _RayConfig
-    from afmrl.utils.ray_utils import init_ray
-
-    init_ray(_RayConfig(num_cpus=4, namespace="afmrl-tests"))
 
 
 @pytest.fixture(scope="session")

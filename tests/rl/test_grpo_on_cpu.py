@@ -54,7 +54,7 @@ def test_stage2_job_names_the_missing_input(tmp_path, capsys):
     assert "run `afmrl train` first" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("ray_local")
 def test_grpo_trains_logs_and_resumes(tmp_path, rl_config, catalog, attributes_table,
                                       embedder_dir):
     base = ("rl.checkpoint_every_steps=1", "rl.group_size=2", "rl.prompts_per_step=2",

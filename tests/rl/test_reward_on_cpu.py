@@ -12,7 +12,7 @@ from afmrl.extract.sft import target_json
 from afmrl.extract.stage import attributes_by_item
 from afmrl.rl.reward import RecallReward, uniform_groups
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 @pytest.fixture(scope="module")
