@@ -21,6 +21,7 @@ test-fast: install
 
 bench: install
 	$(PY) bench/bench_index.py --n 1000000
+	$(PY) bench/bench_evaluator.py --n 1000000 --batches 16,64,256 --kind ivf_flat
 	$(PY) bench/bench_extract.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_serve.py --seconds 8

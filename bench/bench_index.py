@@ -28,19 +28,21 @@ K = 10
 
 
 def clustered_embeddings(n: int, dim: int, n_clusters: int, seed: int
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         ) -> tuple[tuple[np.ndarray, np.ndarray], Callable]:
     """Unit vectors in tight clusters (products with several images) whose variance decays
     along the dimensions, like Matryoshka-trained or PCA-ordered embeddings, so prefixes keep
-    most of the signal. Returns (gallery of n, an independent draw used as queries source)."""
+    most of the signal. Returns ((gallery of n, its product ids), ``draw(count)`` giving more
+    (vectors, product ids) from the same products, e.g. queries)."""
     rng = np.random.default_rng(seed)
     scale = (1.0 / np.sqrt(1.0 + np.arange(dim) / 16.0)).astype(np.float32)
     centres = rng.standard_normal((n_clusters, dim), dtype=np.float32) * scale
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
 
-    def draw(count: int) -> np.ndarray:
-        x = centres[rng.integers(0, n_clusters, count)]
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        products = rng.integers(0, n_clusters, count)
+        x = centres[products]
         x += 0.5 * rng.standard_normal((count, dim), dtype=np.float32) * scale / np.sqrt(dim)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.linalg.norm(x, axis=1, keepdims=True), products
 
     return draw(n), draw
 
@@ -109,9 +111,9 @@ def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
         data /= np.linalg.norm(data, axis=1, keepdims=True)
         order = np.random.default_rng(args.seed).permutation(len(data))
         return data[order[args.queries:]], data[order[:args.queries]]
-    gallery, draw = clustered_embeddings(args.n, args.dim, args.clusters or max(1, args.n // 20),
-                                         args.seed)
-    return gallery, draw(args.queries)
+    (gallery, _), draw = clustered_embeddings(args.n, args.dim,
+                                              args.clusters or max(1, args.n // 20), args.seed)
+    return gallery, draw(args.queries)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
