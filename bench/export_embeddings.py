@@ -33,17 +33,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from afmrl.config import load_config
     from afmrl.data import load_catalog
-    from afmrl.models.embedders import EmbedInput, embed, item_text, load_embedder
+    from afmrl.models.embedders import embed, load_embedder
+    from afmrl.train.data import catalog_inputs, query_inputs, usable
     from afmrl.utils.io import atomic_path
 
     config = load_config(None, [f"data.catalog={args.catalog}", *args.override])
-    catalog = load_catalog(config.data)
-    catalog = catalog[catalog["error"] == ""] if "error" in catalog else catalog
-    if args.catalog == "grocery":
-        inputs = [EmbedInput(text=item_text(row.title, row.text) if row.split == "catalog"
-                             else "", image=row.image_uri) for row in catalog.itertuples()]
-    else:
-        inputs = [EmbedInput(text=item_text(title)) for title in catalog["title"]]
+    rows = usable(load_catalog(config.data))
+    keys = config.extract.attribute_keys
+    inputs = catalog_inputs(rows, keys)
+    if args.catalog == "grocery":  # photos are queries: the image alone, as a shopper sends it
+        photos = query_inputs(rows, keys, with_attributes=False)
+        inputs = [item if split == "catalog" else photo
+                  for item, photo, split in zip(inputs, photos, rows["split"])]
     vectors = embed(load_embedder(args.embedder), inputs, args.batch, progress=True)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
         np.save(handle, vectors.astype(np.float32), allow_pickle=False)

@@ -265,9 +265,7 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     embedder_dir = out_dir / "embedder"
     if (embedder_dir / "embedder.json").is_file():
         log.info("AGCL %s already trained: %s", tag, embedder_dir)
-        saved = out_dir / METRICS_FILE
-        return TrainResult(embedder_dir, json.loads(saved.read_text()) if saved.is_file() else {},
-                           0.0)
+        return TrainResult(embedder_dir, _saved_metrics(out_dir), 0.0)
     print(f"AGCL {tag}: effective batch = per_device_batch_size {train.per_device_batch_size} x "
           f"num_workers {train.num_workers} x grad_accum_steps {train.grad_accum_steps} = "
           f"{train.effective_batch_size} pairs/step; ZeRO-{train.zero_stage}"
@@ -310,4 +308,10 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
 
         tracker.log_metrics({"train_seconds": seconds})
         tracker.log_inputs({f"embedder_{tag}": fingerprint_tree(embedder_dir)})
-    return TrainResult(embedder_dir, json.loads((out_dir / METRICS_FILE).read_text()), seconds)
+    return TrainResult(embedder_dir, _saved_metrics(out_dir), seconds)
+
+
+def _saved_metrics(out_dir: Path) -> dict[str, float]:
+    """Rank 0's last-epoch metrics ({} for an export that predates the file)."""
+    path = out_dir / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
