@@ -76,10 +76,18 @@ class DataConfig:
     image_size: int = doc("Longest image side after validation/resizing, in pixels.", 224)
     max_items: int | None = doc(
         "Keep a seeded random sample of at most this many rows per split (short runs).", None)
+    max_groups: int | None = doc(
+        "Keep a seeded sample of this many whole products (group_id), every row of each: a "
+        "smaller catalog with the same splits and protocol (short runs, bounded benchmarks).",
+        None)
+    split_seed: int = doc(
+        "Seed of adapter-made splits (PriceRunner: whole clusters 70/15/15 into train/val/test) "
+        "and of data.max_groups.", 0)
 
     def __post_init__(self) -> None:
         _require(self.image_size >= 28, "data.image_size must be >= 28 px (one 14-px patch x 2)")
         _require(self.max_items is None or self.max_items > 0, "data.max_items must be > 0")
+        _require(self.max_groups is None or self.max_groups > 0, "data.max_groups must be > 0")
 
 
 @dataclass(frozen=True)

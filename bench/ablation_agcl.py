@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.extract.stage import load_attributes, with_attributes
     from afmrl.layout import RunLayout
     from afmrl.models.embedders import load_embedder
-    from afmrl.train.evaluation import evaluate_model
-    from afmrl.train.stage import ablation_config, benchmarks_for, run_agcl
+    from afmrl.eval.protocol import build_eval_set, evaluate_model
+    from afmrl.train.stage import ablation_config, run_agcl
     from afmrl.utils.ray_utils import init_ray
 
     init_ray(config.ray)
@@ -35,15 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     attributes = load_attributes(layout.attributes("sft"))
     catalog = load_catalog(config.data)
     labelled = with_attributes(catalog, attributes)
-    benchmarks = benchmarks_for(config, labelled, config.train.query_attributes)
+    benchmarks = {"grocery": build_eval_set(labelled, "test", config.extract.attribute_keys,
+                                            config.train.query_attributes)}
     rows = []
     for variant in VARIANTS:
         result = run_agcl(ablation_config(config, variant), attributes, variant, None, catalog)
         model = load_embedder(result.embedder)
         metrics = {}
-        for name, (benchmark, positions) in benchmarks.items():
+        for name, benchmark in benchmarks.items():
             metrics.update({f"{name}/{k}": v for k, v in evaluate_model(
-                model, benchmark, config.eval.ks, query_positions=positions).items()})
+                model, benchmark, config.eval.ks).items()})
         rows.append((variant, metrics))
     print(f"\nAGCL ablation: {config.train.epochs} epochs, effective batch "
           f"{config.train.effective_batch_size}, lr {config.train.lr}, tau "

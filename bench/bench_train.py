@@ -33,18 +33,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from afmrl.config import load_config
     from afmrl.data import load_catalog
-    from afmrl.train.data import grocery_pairs
+    from afmrl.train.data import training_pairs
     from afmrl.train.trainer import train_agcl
     from afmrl.utils.ray_utils import init_ray
 
     base = load_config(None)
     init_ray(base.ray)
     catalog = load_catalog(base.data)
-    pairs = grocery_pairs(catalog, base.extract.attribute_keys, with_attributes=False)
+    pairs = training_pairs(catalog, base.extract.attribute_keys, with_attributes=False)
     keep = np.random.default_rng(0).permutation(len(pairs))[:args.pairs]
     pairs = type(pairs)([pairs.queries[i] for i in keep], [pairs.candidates[i] for i in keep],
                         pairs.product_ids[keep], pairs.coarse_ids[keep],
-                        [pairs.attribute_texts[i] for i in keep])
+                        [pairs.attribute_texts[i] for i in keep],
+                        [pairs.query_item_ids[i] for i in keep],
+                        [pairs.candidate_item_ids[i] for i in keep])
     rows = []
     for variant in args.variants.split(","):
         stage, _, offload = variant.partition("+")

@@ -34,17 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.config import load_config
     from afmrl.data import load_catalog
     from afmrl.models.embedders import embed, load_embedder
-    from afmrl.train.data import catalog_inputs, query_inputs, usable
+    from afmrl.train.data import catalog_inputs, usable
     from afmrl.utils.io import atomic_path
 
     config = load_config(None, [f"data.catalog={args.catalog}", *args.override])
     rows = usable(load_catalog(config.data))
     keys = config.extract.attribute_keys
-    inputs = catalog_inputs(rows, keys)
-    if args.catalog == "grocery":  # photos are queries: the image alone, as a shopper sends it
-        photos = query_inputs(rows, keys, with_attributes=False)
-        inputs = [item if split == "catalog" else photo
-                  for item, photo, split in zip(inputs, photos, rows["split"])]
+    inputs = catalog_inputs(rows, keys)  # grocery photo rows are photo-only (the adapter)
     vectors = embed(load_embedder(args.embedder), inputs, args.batch, progress=True)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
         np.save(handle, vectors.astype(np.float32), allow_pickle=False)

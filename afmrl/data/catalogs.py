@@ -4,11 +4,16 @@
   catalogs stream across the cluster.
 - ``grocery_catalog``: GroceryStoreDataset (natural phone photos vs iconic catalog images).
 - ``pricerunner_catalog``: PriceRunner offer titles in identical-product clusters.
+
+The two bundled data sets are ordinary catalogs: everything specific to them (photo-only
+queries, the seeded cluster split) happens here, and training and evaluation never branch on
+which catalog they were given.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from afmrl.config import DataConfig
@@ -51,8 +56,8 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
                     check_images: bool = True) -> pd.DataFrame:
     """GroceryStoreDataset rows: ``split`` is catalog (81 iconic items) / train / val / test.
 
-    Query rows (natural photos) keep their product's title in ``title`` as metadata; the
-    benchmark never shows it to a model (a shopper's photo has no title).
+    Query rows (natural phone photos) are photo-only: a shopper's photo has no title, so their
+    title and text are empty and only the catalog item of their product carries words.
     """
     root = Path(root) / "grocery_store"
     items = root / items_file
@@ -62,11 +67,12 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
     raw = pd.read_csv(items, dtype={"item_id": str}, keep_default_na=False)
     text = raw["description"].astype(str)
     volume = raw["volume"].astype(str).str.strip()
+    is_catalog = raw["split"] == "catalog"
     frame = pd.DataFrame({
         "item_id": raw["item_id"],
         "group_id": raw["group_id"],
-        "title": raw["title"],
-        "text": (text + (" " + volume).where(volume != "", "")).str.strip(),
+        "title": raw["title"].where(is_catalog, ""),
+        "text": (text + (" " + volume).where(volume != "", "")).str.strip().where(is_catalog, ""),
         "image_uri": [str(root / p) for p in raw["image_path"]],
         "split": raw["split"],
         "coarse_group": raw["coarse_group"],
@@ -75,8 +81,25 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
     return validate_catalog(frame, str(items), check_images=check_images)
 
 
-def pricerunner_catalog(root: str | Path) -> pd.DataFrame:
-    """PriceRunner offers: text only; ``group_id`` = cluster (same real product).
+PRICERUNNER_SPLIT = {"train": 0.70, "val": 0.15, "test": 0.15}
+
+
+def cluster_split(groups: pd.Series, shares: dict[str, float], seed: int) -> pd.Series:
+    """A seeded split of whole products: every row of a group gets its group's split, so the
+    products of ``test`` are unseen in ``train``."""
+    unique = np.random.default_rng(seed).permutation(groups.unique())
+    bounds = np.cumsum([0.0, *shares.values()]) * len(unique)
+    names = np.empty(len(unique), dtype=object)
+    for name, start, stop in zip(shares, bounds[:-1].round().astype(int),
+                                 bounds[1:].round().astype(int)):
+        names[start:stop] = name
+    return groups.map(dict(zip(unique, names)))
+
+
+def pricerunner_catalog(root: str | Path, seed: int = 0) -> pd.DataFrame:
+    """PriceRunner offers: text only; ``group_id`` = cluster (same real product); whole clusters
+    split 70/15/15 into train/val/test by ``seed``. No ``catalog`` rows, so evaluation is
+    leave-one-out within the split (a title finds the other offers of its cluster).
 
     ``group_label`` (the canonical product name) is the answer and is deliberately not kept.
     """
@@ -86,7 +109,8 @@ def pricerunner_catalog(root: str | Path) -> pd.DataFrame:
     raw = pd.read_csv(items, dtype={"item_id": str}, keep_default_na=False)
     frame = pd.DataFrame({
         "item_id": raw["item_id"], "group_id": raw["group_id"], "title": raw["title"],
-        "split": "catalog", "coarse_group": raw["category"],
+        "split": cluster_split(raw["group_id"], PRICERUNNER_SPLIT, seed),
+        "coarse_group": raw["category"],
         "coarse_group_id": raw["category_id"],
     })
     return validate_catalog(frame, str(items), check_images=False)
@@ -97,9 +121,14 @@ def load_catalog(config: DataConfig) -> pd.DataFrame:
     if config.catalog == "grocery":
         frame = grocery_catalog(config.root, config.grocery_items_file)
     elif config.catalog == "pricerunner":
-        frame = pricerunner_catalog(config.root)
+        frame = pricerunner_catalog(config.root, config.split_seed)
     else:
         frame = read_catalog_file(config.catalog).to_pandas()
+    if config.max_groups:  # a seeded sample of whole products (keeps every split's protocol)
+        groups = frame["group_id"].unique()
+        chosen = np.random.default_rng(config.split_seed).choice(
+            groups, min(config.max_groups, len(groups)), replace=False)
+        frame = frame[frame["group_id"].isin(chosen)]
     if config.max_items:  # a seeded random sample per split (files are ordered by product)
         sampled = frame.sample(frac=1.0, random_state=0).groupby("split").head(config.max_items)
         frame = frame.loc[sorted(sampled.index)]

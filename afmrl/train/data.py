@@ -1,9 +1,13 @@
-"""Training pairs and benchmark sets built from a catalog plus its extracted attributes.
+"""Training pairs for any catalog in the afmrl schema, under the split contract.
 
-Grocery (multimodal): a training pair is (shopper photo [+ its generated attributes],
-catalog item = iconic image + title + description + attributes) of the same product; the
-benchmark asks the test photos to find their product among the 81 catalog items.
-PriceRunner (text): a pair is two offers of the same cluster; the benchmark is leave-one-out.
+Splits are a contract: training pairs come only from ``train`` rows (and ``catalog`` rows where
+the recipe pairs a catalog item's image with its own text), model selection reads only ``val``
+(``afmrl.eval``), and ``test`` rows are touched only by evaluation. The BM25 statistics of the
+AGCL loss are fitted without ``test`` rows too.
+
+A ``train`` row is paired with its product's ``catalog`` item when the catalog has one (a
+shopper photo <-> the catalog item), else with another ``train`` row of its product (offers of
+one cluster, as in PriceRunner).
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import pandas as pd
 from afmrl.extract.schema import attribute_text
 from afmrl.models.embedders import EmbedInput, item_text
 
+PAIR_SPLITS = ("train", "catalog")  # val selects models, test evaluates: never training data
+
 
 @dataclass(frozen=True)
 class PairSet:
@@ -25,21 +31,11 @@ class PairSet:
     product_ids: np.ndarray  # int64 (N,)
     coarse_ids: np.ndarray  # int64 (N,)
     attribute_texts: list[str]  # canonical attribute text of candidate i (BM25 input)
+    query_item_ids: list[str]  # the rows each side came from (split-contract checks)
+    candidate_item_ids: list[str]
 
     def __len__(self) -> int:
         return len(self.queries)
-
-
-@dataclass(frozen=True)
-class RetrievalSet:
-    """A benchmark: queries search the gallery; correct = same product id."""
-    queries: list[EmbedInput]
-    query_products: np.ndarray
-    query_coarse: np.ndarray
-    gallery: list[EmbedInput]
-    gallery_products: np.ndarray
-    gallery_coarse: np.ndarray
-    leave_one_out: bool = False  # queries are gallery items; each must skip itself
 
 
 def _attrs(catalog: pd.DataFrame, keys: Sequence[str]) -> list[str]:
@@ -53,94 +49,77 @@ def catalog_inputs(catalog: pd.DataFrame, keys: Sequence[str]) -> list[EmbedInpu
                                   catalog["image_uri"])]
 
 
-def query_inputs(photos: pd.DataFrame, keys: Sequence[str], with_attributes: bool
+def query_inputs(rows: pd.DataFrame, keys: Sequence[str], with_attributes: bool
                  ) -> list[EmbedInput]:
-    """Query side: the shopper's photo, enriched with generated attributes (the AFMRL query)."""
-    texts = _attrs(photos, keys) if with_attributes else [""] * len(photos)
-    return [EmbedInput(t, u) for t, u in zip(texts, photos["image_uri"])]
+    """Query side: whatever the row has (a shopper's photo, a title, a description), enriched
+    with its generated attributes when ``with_attributes`` (the AFMRL query)."""
+    attributes = _attrs(rows, keys) if with_attributes else [""] * len(rows)
+    return [EmbedInput(item_text(t, d, a), u or None)
+            for t, d, a, u in zip(rows["title"], rows["text"], attributes, rows["image_uri"])]
 
 
 def usable(catalog: pd.DataFrame) -> pd.DataFrame:
     return catalog[catalog["error"] == ""]
 
 
-def grocery_pairs(catalog: pd.DataFrame, keys: Sequence[str], with_attributes: bool,
-                  splits: Sequence[str] = ("train",)) -> PairSet:
-    """Pairs from each split: 'catalog' gives image <-> text of the same catalog item; any other
-    split gives shopper photo (+ its attributes) <-> the product's catalog item."""
-    catalog = usable(catalog)
-    gallery = catalog[catalog["split"] == "catalog"].drop_duplicates("group_id")
-    by_product = dict(zip(gallery["group_id"], catalog_inputs(gallery, keys)))
-    attr_by_product = dict(zip(gallery["group_id"], _attrs(gallery, keys)))
-    queries, candidates, products, coarse = [], [], [], []
-    for split in splits:
-        if split == "catalog":
-            rows = gallery[gallery["image_uri"] != ""]
-            queries += [EmbedInput(image=u) for u in rows["image_uri"]]
-            candidates += [EmbedInput(item_text(t, d, a)) for t, d, a in
-                           zip(rows["title"], rows["text"], _attrs(rows, keys))]
-        else:
-            rows = catalog[(catalog["split"] == split) & catalog["group_id"].isin(by_product)]
-            queries += query_inputs(rows, keys, with_attributes)
-            candidates += [by_product[g] for g in rows["group_id"]]
-        products += rows["group_id"].tolist()
-        coarse += rows["coarse_group_id"].tolist()
-    if not queries:
-        raise ValueError(f"no training pairs in splits {list(splits)}: the catalog has splits "
-                         f"{sorted(catalog['split'].unique())}; set train.pair_splits")
-    return PairSet(queries, candidates, np.asarray(products, np.int64),
-                   np.asarray(coarse, np.int64), [attr_by_product[g] for g in products])
-
-
-def text_pairs(catalog: pd.DataFrame, keys: Sequence[str], seed: int = 0) -> PairSet:
-    """PriceRunner-style pairs: each offer paired with another offer of its cluster."""
+def training_pairs(catalog: pd.DataFrame, keys: Sequence[str], with_attributes: bool,
+                   splits: Sequence[str] = ("train",), seed: int = 0) -> PairSet:
+    """Pairs from ``splits`` (see the module docstring); 'catalog' gives image <-> own text of
+    the catalog items that have both."""
+    bad = [s for s in splits if s not in PAIR_SPLITS]
+    if bad:
+        raise ValueError(f"training pairs may only come from {list(PAIR_SPLITS)}, not {bad}: "
+                         f"'val' selects models and 'test' is for evaluation only")
     catalog = usable(catalog)
     rng = np.random.default_rng(seed)
-    rows, partners = [], []
-    for _, group in catalog.groupby("group_id"):
-        if len(group) < 2:
-            continue
-        order = rng.permutation(group.index.to_numpy())
-        rows.extend(order)
-        partners.extend(np.roll(order, -1))  # each offer's partner: the next in a random cycle
-    left, right = catalog.loc[rows], catalog.loc[partners]
-    return PairSet(catalog_inputs(left, keys), catalog_inputs(right, keys),
-                   left["group_id"].to_numpy(np.int64), left["coarse_group_id"].to_numpy(np.int64),
-                   _attrs(right, keys))
-
-
-def grocery_benchmark(catalog: pd.DataFrame, keys: Sequence[str], with_attributes: bool,
-                      split: str = "test") -> RetrievalSet:
-    """Query = natural photo of ``split``; gallery = the catalog items; correct = same product."""
-    catalog = usable(catalog)
     gallery = catalog[catalog["split"] == "catalog"]
-    photos = catalog[(catalog["split"] == split) & catalog["group_id"].isin(gallery["group_id"])]
-    return RetrievalSet(
-        queries=query_inputs(photos, keys, with_attributes),
-        query_products=photos["group_id"].to_numpy(np.int64),
-        query_coarse=photos["coarse_group_id"].to_numpy(np.int64),
-        gallery=catalog_inputs(gallery, keys),
-        gallery_products=gallery["group_id"].to_numpy(np.int64),
-        gallery_coarse=gallery["coarse_group_id"].to_numpy(np.int64))
+    # One catalog item per product (a seeded pick where a product has several).
+    representative = gallery.sample(frac=1.0, random_state=seed).drop_duplicates("group_id")
+    by_product = dict(zip(representative["group_id"], representative.index))
+    inputs = dict(zip(catalog.index, catalog_inputs(catalog, keys)))
+    attributes = dict(zip(catalog.index, _attrs(catalog, keys)))
+    left: list[EmbedInput] = []
+    right: list[EmbedInput] = []
+    left_rows: list[int] = []
+    right_rows: list[int] = []
+    for split in splits:
+        rows = catalog[catalog["split"] == split]
+        if split == "catalog":
+            rows = rows[(rows["image_uri"] != "") & ((rows["title"] + rows["text"]).str.strip()
+                                                    != "")]
+            left += [EmbedInput(image=u) for u in rows["image_uri"]]
+            right += [EmbedInput(item_text(t, d, a)) for t, d, a in
+                      zip(rows["title"], rows["text"], _attrs(rows, keys))]
+            left_rows += rows.index.tolist()
+            right_rows += rows.index.tolist()
+            continue
+        with_item = rows[rows["group_id"].isin(by_product)]
+        left += query_inputs(with_item, keys, with_attributes)
+        left_rows += with_item.index.tolist()
+        right_rows += [by_product[g] for g in with_item["group_id"]]
+        right += [inputs[by_product[g]] for g in with_item["group_id"]]
+        # Products without a catalog item: each row paired with the next of a random cycle.
+        for _, group in rows[~rows["group_id"].isin(by_product)].groupby("group_id"):
+            if len(group) < 2:
+                continue
+            order = rng.permutation(group.index.to_numpy())
+            partners = np.roll(order, -1)
+            left += query_inputs(catalog.loc[order], keys, with_attributes)
+            right += [inputs[i] for i in partners]
+            left_rows += order.tolist()
+            right_rows += partners.tolist()
+    if not left:
+        raise ValueError(f"no training pairs in splits {list(splits)}: the catalog has splits "
+                         f"{sorted(catalog['split'].unique())}; set train.pair_splits (and give "
+                         f"'train' rows a catalog item or a second row of the same product)")
+    left_frame = catalog.loc[left_rows]
+    return PairSet(left, right, left_frame["group_id"].to_numpy(np.int64),
+                   left_frame["coarse_group_id"].to_numpy(np.int64),
+                   [attributes[i] for i in right_rows], catalog.loc[left_rows, "item_id"].tolist(),
+                   catalog.loc[right_rows, "item_id"].tolist())
 
 
-def leave_one_out_benchmark(catalog: pd.DataFrame, clusters: int | None,
-                            seed: int = 0) -> tuple[RetrievalSet, np.ndarray]:
-    """PriceRunner protocol on ``clusters`` sampled whole clusters (None = all): every offer is
-    in the gallery; every offer of a cluster with >= 2 offers is a query that must skip itself.
-    Returns the set and each query's gallery position."""
-    catalog = usable(catalog)
-    if clusters:
-        groups = catalog["group_id"].unique()
-        chosen = np.random.default_rng(seed).choice(groups, min(clusters, len(groups)),
-                                                    replace=False)
-        catalog = catalog[catalog["group_id"].isin(chosen)]
-    catalog = catalog.reset_index(drop=True)
-    sizes = catalog.groupby("group_id")["item_id"].transform("size").to_numpy()
-    positions = np.flatnonzero(sizes >= 2)
-    titles = [EmbedInput(t) for t in catalog["title"]]
-    products = catalog["group_id"].to_numpy(np.int64)
-    coarse = catalog["coarse_group_id"].to_numpy(np.int64)
-    benchmark = RetrievalSet([titles[i] for i in positions], products[positions],
-                             coarse[positions], titles, products, coarse, leave_one_out=True)
-    return benchmark, positions
+def bm25_corpus(catalog: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """Attribute texts the AGCL loss fits its BM25 statistics on: every row but ``test``."""
+    rows = catalog[catalog["split"] != "test"]
+    return [t for t in _attrs(rows, keys) if t] or [""]

@@ -1,41 +1,32 @@
-"""Stage 1 as a unit: catalog + attributes -> training pairs and benchmarks -> AGCL run."""
+"""Stage 1 as a unit: catalog + attributes -> training pairs and the val benchmark -> AGCL run."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from afmrl.config import AfmrlConfig, replace
-from afmrl.data import load_catalog, pricerunner_catalog
-from afmrl.extract.schema import attribute_text
+from afmrl.data import load_catalog
+from afmrl.eval.protocol import EvalSet, build_eval_set
 from afmrl.extract.stage import with_attributes
-from afmrl.train.data import (RetrievalSet, grocery_benchmark, grocery_pairs,
-                              leave_one_out_benchmark, text_pairs)
+from afmrl.train.data import bm25_corpus, training_pairs
 from afmrl.train.trainer import TrainResult, train_agcl
 
 log = logging.getLogger("afmrl")
 
-Benchmarks = dict[str, tuple[RetrievalSet, np.ndarray | None]]
+# The trainer keeps the checkpoint with the best ``<SELECTION_BENCHMARK>/recall_at_1``.
+SELECTION_BENCHMARK = "val"
 
 
-def benchmarks_for(config: AfmrlConfig, catalog: pd.DataFrame,
-                   with_attributes: bool) -> Benchmarks:
-    """The benchmarks logged during training: grocery photos and PriceRunner titles."""
-    keys = config.extract.attribute_keys
-    out: Benchmarks = {}
-    if config.data.catalog == "grocery":
-        out["grocery"] = (grocery_benchmark(catalog, keys, with_attributes), None)
-    if config.eval.pricerunner_clusters != 0:
-        try:
-            offers = pricerunner_catalog(config.data.root)
-        except ValueError as error:  # data set absent on this machine: say so, go on
-            log.warning("pricerunner benchmark skipped: %s", error)
-        else:
-            out["pricerunner"] = leave_one_out_benchmark(offers, config.eval.pricerunner_clusters,
-                                                         config.seed)
-    return out
+def selection_benchmarks(catalog: pd.DataFrame, keys, with_query_attributes: bool
+                         ) -> dict[str, EvalSet]:
+    """The benchmarks training may read: the ``val`` split only (none when it has no queries)."""
+    try:
+        return {SELECTION_BENCHMARK: build_eval_set(catalog, "val", keys, with_query_attributes)}
+    except ValueError as error:
+        log.info("no validation benchmark (%s): AGCL keeps its last checkpoint", error)
+        return {}
 
 
 def ablation_config(config: AfmrlConfig, variant: str) -> AfmrlConfig:
@@ -56,17 +47,8 @@ def run_agcl(config: AfmrlConfig, attributes: pd.DataFrame | None, tag: str, tra
         catalog = with_attributes(catalog, attributes)
     keys = config.extract.attribute_keys
     with_query_attributes = config.train.query_attributes and attributes is not None
-    if config.data.catalog == "grocery":
-        pairs = grocery_pairs(catalog, keys, with_query_attributes, config.train.pair_splits)
-    else:
-        pairs = text_pairs(catalog, keys, config.seed)
-    corpus = [attribute_text(a, keys) for a in catalog["attributes"]]
-    corpus = [t for t in corpus if t] or [""]
-    benchmarks = benchmarks_for(config, catalog, with_query_attributes)
-    if tracker is not None and "pricerunner" in benchmarks:
-        from afmrl.train.evaluation import prefixed, tfidf_baseline
-
-        benchmark, positions = benchmarks["pricerunner"]
-        tracker.log_metrics(prefixed(tfidf_baseline(benchmark, positions, config.eval.ks),
-                                     "pricerunner_tfidf"))
-    return train_agcl(config, tag, pairs, benchmarks, corpus, tracker, init_from)
+    pairs = training_pairs(catalog, keys, with_query_attributes, config.train.pair_splits,
+                           config.seed)
+    benchmarks = selection_benchmarks(catalog, keys, with_query_attributes)
+    return train_agcl(config, tag, pairs, benchmarks, bm25_corpus(catalog, keys), tracker,
+                      init_from)

@@ -31,7 +31,8 @@ from torch import nn
 from afmrl.config import AfmrlConfig, TrainConfig, config_from_dict
 from afmrl.layout import RunLayout
 from afmrl.tracking import WorkerMetricLogger
-from afmrl.train.data import PairSet, RetrievalSet
+from afmrl.eval.protocol import EvalSet
+from afmrl.train.data import PairSet
 from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
@@ -109,7 +110,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     from afmrl.losses import AGCLLoss, BM25Stats, pairwise_bm25
     from afmrl.models.embedders import load_embedder, save_embedder
-    from afmrl.train.evaluation import evaluate_model, prefixed
+    from afmrl.eval.protocol import evaluate_model, prefixed
     from afmrl.train.sampler import ProductBatchSampler
 
     config = config_from_dict(loop_config["config"])
@@ -169,9 +170,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, float] = {}
         if rank == 0 or train.zero_stage == 3:
             embedder.eval()
-            for name, (benchmark, positions) in loop_config["benchmarks"].items():
-                metrics.update(prefixed(evaluate_model(
-                    embedder, benchmark, config.eval.ks, query_positions=positions), name))
+            for name, benchmark in loop_config["benchmarks"].items():
+                metrics.update(prefixed(evaluate_model(embedder, benchmark, config.eval.ks),
+                                        name))
             embedder.train()
         dist.barrier()
         return metrics if rank == 0 else {}
@@ -247,7 +248,7 @@ class TrainResult:
 
 
 def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
-               benchmarks: dict[str, tuple[RetrievalSet, np.ndarray | None]],
+               benchmarks: dict[str, EvalSet],
                bm25_corpus: list[str], tracker=None, init_from: Path | None = None,
                max_failures: int = 2) -> TrainResult:
     """Run AGCL on a Ray Train worker group; returns the exported embedder and final metrics.
