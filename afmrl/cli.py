@@ -8,6 +8,8 @@
   afmrl index     ...                            build the sharded FAISS index
   afmrl serve     ...                            Ray Serve HTTP search app
   afmrl models tiny --out DIR                    build the tiny offline models
+  afmrl catalog import-pairs|import-folder DIR --out F   import product data as a catalog
+  afmrl export --embedder DIR --format sentence-transformers OUT   export for other tools
   afmrl config reference|show                    every config field, or the resolved config
 Every job takes --config PATH and dotted overrides (train.lr=3e-4); add -h for details.
 """
@@ -87,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         return _models(rest)
     if command == "config":
         return _config(rest)
+    if command == "catalog":
+        from afmrl.data.importers import main as catalog_main
+
+        return catalog_main(rest)
+    if command == "export":
+        from afmrl.models.export import main as export_main
+
+        return export_main(rest)
     if command not in JOBS:
         print(f"afmrl: unknown command '{command}'\n{__doc__}", file=sys.stderr)
         return 2
