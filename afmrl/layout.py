@@ -55,5 +55,10 @@ class RunLayout:
         return self.root / "index"
 
     @property
+    def results(self) -> Path:
+        """The pipeline's evaluation table (JSON; .md, .groups.json and .png beside it)."""
+        return self.root / "results" / "test.json"
+
+    @property
     def pipeline_state(self) -> Path:
         return self.root / "pipeline_state.json"

@@ -82,9 +82,11 @@ class Pipeline:
 
         attributes = self._attributes("sft")
         outputs = {}
-        for variant in ("infonce", "agcl"):
-            result = run_agcl(ablation_config(self.config, variant), attributes, variant,
-                              tracker, self.catalog)
+        for variant in ("infonce", "agcl"):  # each variant in its own child run
+            with tracker.run(f"train_{variant}", nested=True,
+                             tags={"afmrl.stage": "train", "afmrl.variant": variant}):
+                result = run_agcl(ablation_config(self.config, variant), attributes, variant,
+                                  tracker, self.catalog)
             outputs[variant] = str(result.embedder)
         return outputs
 
@@ -101,7 +103,9 @@ class Pipeline:
         from afmrl.train.stage import run_agcl
 
         table = extract_all(self.config, self.layout.generator_rar, "rar", tracker, self.catalog)
-        result = run_agcl(self.config, table, "cit", tracker, self.catalog)
+        with tracker.run("train_cit", nested=True,
+                         tags={"afmrl.stage": "cit", "afmrl.variant": "cit"}):
+            result = run_agcl(self.config, table, "cit", tracker, self.catalog)
         return {"embedder": str(result.embedder)}
 
     def index(self, tracker) -> dict[str, Any]:
@@ -124,10 +128,12 @@ class Pipeline:
         return {"endpoint": self.endpoint}
 
     def final_embedder(self) -> Path:
-        for tag in ("cit", "agcl"):
-            if (self.layout.embedder(tag) / "embedder.json").is_file():
-                return self.layout.embedder(tag)
-        raise FileNotFoundError("no trained embedder; run the train stage first")
+        from afmrl.eval.run import latest_embedder
+
+        embedder = latest_embedder(self.layout)
+        if embedder is None:
+            raise FileNotFoundError("no trained embedder; run the train stage first")
+        return embedder
 
     # -- driver ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -151,66 +157,47 @@ class Pipeline:
                     seconds = time.perf_counter() - started
                     tracker.log_metrics({"stage_seconds": seconds})
                 self.state.record(name, seconds, {**outputs, "run_id": child.info.run_id})
-                log.info("[%d/%d] %s finished in %.0fs", number, len(stages), name, seconds)
-            results = self.results_table()
-            if results:
-                tracker.log_table_json(results, "results/grocery_table.json")
-                for row in results:
-                    tracker.log_metrics({f"{row['model']}/{k}": v for k, v in row.items()
-                                         if k != "model"})
-            return {"parent_run_id": parent.info.run_id, "results": results,
+                clock.end(name)
+            table = self.results_table()
+            if table is not None:
+                table.log(tracker, table.write(self.layout.results))
+            return {"parent_run_id": parent.info.run_id,
+                    "results": table.rows if table is not None else [],
+                    "results_markdown": table.markdown() if table is not None else "",
                     "mlflow": tracker.uri, "endpoint": self.endpoint,
                     "timings": {k: v["seconds"] for k, v in self.state.data["stages"].items()}}
 
-    def results_table(self) -> list[dict[str, Any]]:
-        """Recall@1/5/10 on the grocery benchmark for every model the run produced (the paper's
-        ablation shape): untrained, plain InfoNCE, AGCL, AGCL + RAR attributes, CIT."""
-        from afmrl.extract.stage import with_attributes
-        from afmrl.models.embedders import build_embedder, load_embedder
-        from afmrl.train.data import grocery_benchmark
-        from afmrl.train.evaluation import evaluate_model
+    def results_table(self):
+        """The evaluation table on the ``test`` split for every model the run produced (the
+        paper's ablation shape: untrained, plain InfoNCE, AGCL, AGCL + RAR attributes, CIT)
+        next to the text baselines; None before any embedder is trained."""
+        from afmrl.eval.run import labelled_eval_set, trained, untrained_embedder
+        from afmrl.eval.table import EvalTable
+        from afmrl.models.embedders import load_embedder
 
-        if self.config.data.catalog != "grocery":
-            return []
-        keys = self.config.extract.attribute_keys
-        rows = []
-
-        def measure(name: str, model, tag: str | None) -> None:
-            catalog = self.catalog if tag is None else \
-                with_attributes(self.catalog, self._attributes(tag))
-            benchmark = grocery_benchmark(catalog, keys, with_attributes=tag is not None)
-            metrics = evaluate_model(model, benchmark, (1, 5, 10))
-            rows.append({"model": name, "recall_at_1": metrics["recall_at_1"],
-                         "recall_at_5": metrics["recall_at_5"],
-                         "recall_at_10": metrics["recall_at_10"],
-                         "within_group_recall_at_1": metrics.get("within_group/recall_at_1",
-                                                                 float("nan"))})
-
-        have = {tag: (self.layout.embedder(tag) / "embedder.json").is_file()
-                for tag in ("infonce", "agcl", "cit")}
-        if not any(have.values()):
-            return []
-        untrained = build_embedder(self.config.models, self.layout.models,
-                                   self.config.train.image_size)
-        measure("untrained", untrained, "sft")
-        if have["infonce"]:
-            measure("infonce", load_embedder(self.layout.embedder("infonce")), "sft")
-        if have["agcl"]:
-            agcl = load_embedder(self.layout.embedder("agcl"))
-            measure("agcl", agcl, "sft")
-            if self.layout.attributes("rar").is_dir():
-                measure("agcl_rar_attributes", agcl, "rar")
-        if have["cit"]:
-            measure("cit", load_embedder(self.layout.embedder("cit")), "rar")
-        return rows
+        if not any(trained(self.layout, tag) for tag in ("infonce", "agcl", "cit")):
+            return None
+        table = EvalTable("test", tuple(self.config.eval.ks))
+        has = {tag: self.layout.attributes(tag).is_dir() for tag in ("sft", "rar")}
+        try:
+            first = labelled_eval_set(self.config, self.catalog, "test",
+                                      "sft" if has["sft"] else None)
+            relabelled = labelled_eval_set(self.config, self.catalog, "test", "rar") \
+                if has["rar"] else first
+        except ValueError as error:  # e.g. a catalog without test rows
+            table.notes.append(f"no test evaluation: {error}")
+            return table
+        table.add_baselines(first, untrained_embedder(self.config))
+        for tag, name, eval_set in (("infonce", "infonce", first), ("agcl", "agcl", first),
+                                    ("agcl", "agcl_rar_attributes", relabelled if has["rar"]
+                                     else None), ("cit", "cit", relabelled)):
+            if eval_set is not None and trained(self.layout, tag):
+                table.add_model(name, load_embedder(self.layout.embedder(tag)), eval_set)
+        return table
 
 
 def format_results(summary: dict[str, Any]) -> str:
-    lines = ["| model | R@1 | R@5 | R@10 | within-group R@1 |", "|---|---|---|---|---|"]
-    for row in summary.get("results", []):
-        lines.append(f"| {row['model']} | {row['recall_at_1']:.3f} | {row['recall_at_5']:.3f} | "
-                     f"{row['recall_at_10']:.3f} | {row['within_group_recall_at_1']:.3f} |")
-    lines.append("")
+    lines = [summary.get("results_markdown") or "(no results table: no embedder trained)", ""]
     lines.append("stage timings (s): " + ", ".join(f"{k} {v}" for k, v in
                                                    summary.get("timings", {}).items()))
     return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Evaluation of a run's models on its catalog: what `afmrl eval` and the pipeline's results
+table share (which attributes label the catalog, which embedder is the latest, the baselines)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from afmrl.config import AfmrlConfig
+from afmrl.eval.protocol import EvalSet, build_eval_set
+from afmrl.eval.table import EvalTable
+from afmrl.layout import RunLayout
+
+EMBEDDER_TAGS = ("cit", "agcl", "infonce")  # newest recipe first
+
+
+def trained(layout: RunLayout, tag: str) -> bool:
+    return (layout.embedder(tag) / "embedder.json").is_file()
+
+
+def latest_embedder(layout: RunLayout) -> Path | None:
+    """The run's latest trained embedder (CIT, else AGCL, else plain InfoNCE), or None."""
+    return next((layout.embedder(t) for t in EMBEDDER_TAGS if trained(layout, t)), None)
+
+
+def attributes_tag(layout: RunLayout, requested: str | None) -> str | None:
+    """Which extraction labels the catalog: ``requested`` ('none' = no attributes), else the
+    RL-improved generator's, else the distilled one's, else none."""
+    if requested == "none":
+        return None
+    if requested:
+        if not layout.attributes(requested).is_dir():
+            raise ValueError(f"no attributes at {layout.attributes(requested)}; run "
+                             f"`afmrl extract` or pass --attributes none")
+        return requested
+    return next((t for t in ("rar", "sft") if layout.attributes(t).is_dir()), None)
+
+
+def labelled_eval_set(config: AfmrlConfig, catalog: pd.DataFrame, split: str,
+                      tag: str | None) -> EvalSet:
+    """The split's evaluation set, labelled with the attributes of generator ``tag`` (queries
+    enriched with them as at search time when ``train.query_attributes``)."""
+    from afmrl.extract.stage import load_attributes, with_attributes
+
+    layout = RunLayout.of(config)
+    if tag is not None:
+        catalog = with_attributes(catalog, load_attributes(layout.attributes(tag)))
+    return build_eval_set(catalog, split, config.extract.attribute_keys,
+                          with_attributes=tag is not None and config.train.query_attributes)
+
+
+def untrained_embedder(config: AfmrlConfig):
+    from afmrl.models.embedders import build_embedder
+
+    return build_embedder(config.models, RunLayout.of(config).models, config.train.image_size)
+
+
+def system_name(embedder: Path) -> str:
+    """'runs/x/train/agcl/embedder' -> 'agcl'."""
+    return embedder.parent.name if embedder.name == "embedder" else embedder.name
+
+
+def evaluate_catalog(config: AfmrlConfig, split: str, embedder: Path | None, baselines: bool,
+                     attributes: str | None = None, catalog: pd.DataFrame | None = None
+                     ) -> EvalTable:
+    """`afmrl eval`: the baselines (if asked) and ``embedder`` on one evaluation set."""
+    from afmrl.data import load_catalog
+    from afmrl.models.embedders import load_embedder
+
+    layout = RunLayout.of(config)
+    catalog = load_catalog(config.data) if catalog is None else catalog
+    tag = attributes_tag(layout, attributes)
+    eval_set = labelled_eval_set(config, catalog, split, tag)
+    table = EvalTable(split, tuple(config.eval.ks))
+    if tag is None:
+        table.notes.append("no generated attributes: items and queries as the catalog has them")
+    if baselines:
+        table.add_baselines(eval_set, untrained_embedder(config))
+    if embedder is not None:
+        table.add_model(system_name(embedder), load_embedder(embedder), eval_set)
+    return table
