@@ -157,7 +157,7 @@ class Pipeline:
                     seconds = time.perf_counter() - started
                     tracker.log_metrics({"stage_seconds": seconds})
                 self.state.record(name, seconds, {**outputs, "run_id": child.info.run_id})
-                clock.end(name)
+                log.info("[%d/%d] %s finished in %.0fs", number, len(stages), name, seconds)
             table = self.results_table()
             if table is not None:
                 table.log(tracker, table.write(self.layout.results))
