@@ -14,7 +14,7 @@ demo: install
 	$(PY) -m afmrl.cli pipeline --config configs/local.yaml
 
 test: install
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=15 tests
 
 test-fast: install
 	$(PY) -m pytest -q -rs tests -m "not slow"
