@@ -6,6 +6,7 @@
   afmrl rar       ...                            stage 2: GRPO on the generator (TRL)
   afmrl cit       ...                            extract -> AGCL -> RAR -> re-extract -> AGCL
   afmrl index     ...                            build the sharded FAISS index
+  afmrl eval      ... [--baselines] [--split S]  one metrics table: embedders vs baselines
   afmrl serve     ...                            Ray Serve HTTP search app
   afmrl models tiny --out DIR                    build the tiny offline models
   afmrl catalog import-pairs|import-folder DIR --out F   import product data as a catalog

@@ -108,11 +108,16 @@ class ModelsConfig:
     embed_dim: int = doc("Output embedding dimension (a projection head maps to it).", 256)
     pooling: Literal["last", "mean"] = doc("vlm2vec pooling: last token or mean.", "last")
     lora_rank: int = doc("LoRA rank for vlm2vec (0 = full fine-tuning).", 8)
+    inference_gpus: float = doc(
+        "GPUs of each process that runs the embedder or generator for inference outside "
+        "training: the RAR reward EmbedderActor, the index-stage embedder and the Serve Embedder "
+        "/ AttributeGenerator replicas (fractions share a GPU). 0 = CPU.", 0.0)
     seed: int = doc("Seed for building tiny models deterministically.", 0)
 
     def __post_init__(self) -> None:
         _require(self.embed_dim >= 8, "models.embed_dim must be >= 8")
         _require(self.lora_rank >= 0, "models.lora_rank must be >= 0")
+        _require(self.inference_gpus >= 0, "models.inference_gpus must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -231,9 +236,13 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_shards >= 1, "index.num_shards must be >= 1")
+    gpus_per_shard: float = doc(
+        "GPU share each index shard actor requests when index.use_gpu (fractions share a GPU).",
+        0.25)
         _require(self.nprobe >= 1 and self.nlist >= 1, "index.nlist/nprobe must be >= 1")
         _require(self.dim_prefix is None or self.dim_prefix >= 1, "index.dim_prefix must be >= 1")
 
+        _require(0 < self.gpus_per_shard <= 1, "index.gpus_per_shard must be in (0, 1]")
 
 @dataclass(frozen=True)
 class EvalConfig:

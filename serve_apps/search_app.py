@@ -25,6 +25,7 @@ from afmrl.serve.api import create_api
 from afmrl.serve.catalog import Catalog, IndexSource
 from afmrl.serve.config_gen import SHARD_CPUS, SearchAppArgs, deployment_options
 from afmrl.serve.enrich import query_attributes
+from afmrl.utils.device import serve_deployment, torch_device
 from afmrl.serve.service import SearchService
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -40,8 +41,9 @@ def _set_batching(method: Any, user_config: dict[str, Any]) -> None:
 class Embedder:
     """The embedder of the index (refused if its files changed since the index was built)."""
 
-    def __init__(self, source: IndexSource) -> None:
-        self.model = embedders.load_embedder(source.check_embedder())
+    def __init__(self, source: IndexSource, config: AfmrlConfig) -> None:
+        device = torch_device(serve_deployment(config, "Embedder"))  # before any loading
+        self.model = embedders.load_embedder(source.check_embedder(), device)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         _set_batching(self.embed, user_config)
@@ -57,8 +59,8 @@ class AttributeGenerator:
     """The generator writing a query's attributes (transformers generate, greedy)."""
 
     def __init__(self, generator: str, config: AfmrlConfig) -> None:
-        self.engine = TransformersEngine(generator, config.extract.max_tokens, 0.0,
-                                         config.data.image_size)
+        self.engine = query_engine(
+            generator, config, str(torch_device(serve_deployment(config, "AttributeGenerator"))))
         self.keys = config.extract.attribute_keys
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -85,8 +87,8 @@ def search_app(config: AfmrlConfig, index_dir: str | Path, generator: str | None
                ) -> Application:
     """The application graph for an index folder (and an optional generator folder)."""
     source = IndexSource.read(index_dir)
-    options = deployment_options(config.serve, generator is not None)
-    embedder = Embedder.options(**options["Embedder"]).bind(source)
+    options = deployment_options(config, generator is not None)
+    embedder = Embedder.options(**options["Embedder"]).bind(source, config)
     retriever = Retriever.options(**options["Retriever"]).bind(source.index_dir, config.ray,
                                                                SHARD_CPUS)
     attributes = AttributeGenerator.options(**options["AttributeGenerator"]).bind(

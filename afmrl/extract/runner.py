@@ -25,6 +25,7 @@ from afmrl.config import ExtractConfig, RayConfig
 from afmrl.data.images import ImageError, load_image
 from afmrl.extract.schema import attribute_text, coverage, parse_attributes
 from afmrl.models.processor import PromptItem, extraction_request
+from afmrl.utils.device import Placement
 from afmrl.utils.io import atomic_path, atomic_write_json
 
 OUTPUT_COLUMNS = ("item_id", "group_id", "split", "content_hash", "resume_key", "model_id",
@@ -40,10 +41,13 @@ class AttributeExtractor:
     """Ray Data actor: one generation engine, one durable part file per finished batch."""
 
     def __init__(self, model_path: str, model_id: str, config: ExtractConfig, image_size: int,
-                 parts_dir: str, cache_root: str, hide_titles: bool = False):
+                 parts_dir: str, cache_root: str, hide_titles: bool = False,
+                 placement: Placement | None = None):
         from afmrl.extract.engines import make_engine
+        from afmrl.utils.device import torch_device
 
-        self.engine = make_engine(config, model_path, image_size, cache_root)
+        device = str(torch_device(placement)) if placement is not None else "cpu"
+        self.engine = make_engine(config, model_path, image_size, cache_root, device=device)
         self.config = config
         self.model_id = model_id
         self.image_size = image_size
@@ -137,17 +141,22 @@ def extraction_metrics(table: pd.DataFrame, keys: tuple[str, ...], seconds: floa
 
 def run_extraction(catalog: pd.DataFrame, model_path: str | Path, model_id: str,
                    config: ExtractConfig, ray_config: RayConfig, out_dir: str | Path,
-                   image_size: int, hide_titles: bool = False) -> ExtractionResult:
+                   image_size: int, hide_titles: bool = False,
+                   placement: Placement | None = None) -> ExtractionResult:
     """Extract attributes for every catalog row not already done; return the full table.
 
     ``hide_titles`` extracts from images alone (RAR queries: a shopper's photo has no title).
     """
+    ``placement``: the actor pool's resources and device (``afmrl.utils.device``; by default
+    ``extraction_actors`` of ``config``).
     import ray.data
 
+    from afmrl.utils.device import extraction_actors
     from afmrl.utils.ray_utils import preflight
 
     out_dir = Path(out_dir)
     parts_dir = out_dir / "parts"
+    placement = placement or extraction_actors(config)
     parts_dir.mkdir(parents=True, exist_ok=True)
     todo = catalog.copy()
     todo["resume_key"] = [resume_key(h, model_id, config.prompt_version)
@@ -156,22 +165,20 @@ def run_extraction(catalog: pd.DataFrame, model_path: str | Path, model_id: str,
     todo = todo[~todo["resume_key"].isin(done_keys)]
     started = time.perf_counter()
     if len(todo):
-        preflight({"CPU": config.num_actors * config.cpus_per_actor,
-                   **({"GPU": config.num_actors * config.gpus_per_actor}
-                      if config.gpus_per_actor else {})},
-                  f"extraction ({config.num_actors} actors)")
+        preflight([placement], f"extraction ({placement.count} actors)")
         # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default);
         # batches it had finished are already durable in parts/.
         dataset = ray.data.from_pandas(todo.reset_index(drop=True))
         dataset = dataset.repartition(max(1, -(-len(todo) // config.batch_size)))
         (dataset.map_batches(
             AttributeExtractor, batch_format="pandas", batch_size=config.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=config.num_actors),
-            num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
+            compute=ray.data.ActorPoolStrategy(size=placement.count),
+            **placement.ray_options(),
             fn_constructor_kwargs={
                 "model_path": str(model_path), "model_id": model_id, "config": config,
                 "image_size": image_size, "parts_dir": str(parts_dir),
-                "cache_root": str(out_dir / "vllm_cache"), "hide_titles": hide_titles})
+                "cache_root": str(out_dir / "vllm_cache"), "hide_titles": hide_titles,
+                "placement": placement})
          .materialize())
     seconds = time.perf_counter() - started
     table = _finished(parts_dir)

@@ -22,6 +22,7 @@ import ray
 from afmrl.config import IndexConfig, RayConfig
 from afmrl.index.faiss_index import (FORMAT_VERSION, MANIFEST, MISSING_STR, VectorIndex,
                                      as_embeddings, as_ids, rank_results, read_manifest)
+from afmrl.utils.device import Placement, index_shards, require_cuda
 from afmrl.utils.io import atomic_path, atomic_write_json
 from afmrl.utils.ray_utils import get_with_timeout, kill_actors
 
@@ -61,7 +62,9 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
 class IndexShard:
     """One shard: a VectorIndex owned by one actor (calls are serialised; one index per actor)."""
 
-    def __init__(self, shard: int, num_shards: int) -> None:
+    def __init__(self, shard: int, num_shards: int, placement: Placement | None = None) -> None:
+        if placement is not None:  # FAISS on GPU: fail clearly where there is no CUDA
+            require_cuda(placement)
         self.shard = shard
         self.num_shards = num_shards
         self.index: VectorIndex | None = None
@@ -110,15 +113,16 @@ class ShardedIndex:
 
     # -- construction -------------------------------------------------------------------------
     @staticmethod
-    def _spawn(num_shards: int, ray_config: RayConfig, name: str | None,
+    def _spawn(num_shards: int, config: IndexConfig, ray_config: RayConfig, name: str | None,
                num_cpus: float) -> list[Any]:
+        placement = index_shards(None, index=config, cpus=num_cpus, count=num_shards)
         shards = []
         for shard in range(num_shards):
-            options: dict[str, Any] = {"num_cpus": num_cpus}
+            options: dict[str, Any] = placement.ray_options()
             if name is not None:
                 options.update(name=_shard_name(name, shard), namespace=ray_config.namespace)
             try:
-                shards.append(IndexShard.options(**options).remote(shard, num_shards))
+                shards.append(IndexShard.options(**options).remote(shard, num_shards, placement))
             except ValueError as error:  # the name is taken
                 kill_actors(shards)
                 raise ValueError(f"cannot create index '{name}' in namespace "
@@ -149,8 +153,8 @@ class ShardedIndex:
         embeddings, ids = as_embeddings(embeddings), as_ids(ids)
         if len(ids) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ids)} ids")
-        self = cls(cls._spawn(config.num_shards, ray_config, name, num_cpus), config, ray_config,
-                   name)
+        self = cls(cls._spawn(config.num_shards, config, ray_config, name, num_cpus), config,
+                   ray_config, name)
         route = shard_of(ids, config.num_shards)
         try:
             self._call("build", {i: shard.build.remote(embeddings[route == i], ids[route == i],
@@ -175,8 +179,8 @@ class ShardedIndex:
         manifest = read_manifest(path, expected_model_hash, expected_dim, layout="sharded")
         saved = manifest["config"]
         config = IndexConfig(**(saved if use_gpu is None else {**saved, "use_gpu": use_gpu}))
-        self = cls(cls._spawn(len(manifest["shards"]), ray_config, name, num_cpus), config,
-                   ray_config, name)
+        self = cls(cls._spawn(len(manifest["shards"]), config, ray_config, name, num_cpus),
+                   config, ray_config, name)
         try:
             self._call("load", {i: shard.load.remote(str(path / sub), manifest["model_hash"],
                                                      manifest["dim"], use_gpu)

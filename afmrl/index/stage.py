@@ -21,17 +21,27 @@ SOURCE_FILE = "embedder.json"
 
 def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.DataFrame,
                         out_dir: Path, tracker=None) -> Path:
-    """Embed every usable catalog item (split 'catalog') and save the sharded index."""
+    """Embed every usable catalog item (split 'catalog') in an ``EmbedderActor`` on the device
+    ``models.inference_gpus`` asks for, and save the sharded index."""
     from afmrl.index.sharded import ShardedIndex
-    from afmrl.models.embedders import embed, load_embedder
+    from afmrl.rl.reward import EmbedderActor
     from afmrl.train.data import catalog_inputs, usable
+    from afmrl.utils.device import inference_embedder
+    from afmrl.utils.ray_utils import get_with_timeout, kill_actors, preflight
 
     gallery = usable(catalog)
     gallery = gallery[gallery["split"] == "catalog"].reset_index(drop=True)
-    model = load_embedder(embedder_path)
+    placement = inference_embedder(config, "index")
+    preflight([placement], "the index-stage embedder")
     started = time.perf_counter()
-    embeddings = embed(model, catalog_inputs(gallery, config.extract.attribute_keys),
-                       progress=True)
+    embedder = EmbedderActor.options(**placement.ray_options()).remote(str(embedder_path),
+                                                                      placement)
+    try:
+        embeddings = get_with_timeout(
+            embedder.embed.remote(catalog_inputs(gallery, config.extract.attribute_keys)),
+            config.ray.call_timeout_s, "embedding the index gallery")
+    finally:
+        kill_actors([embedder])
     model_hash = fingerprint_tree(embedder_path)
     index = ShardedIndex.build(embeddings, gallery["item_id"].tolist(), config.index, model_hash,
                                config.ray)

@@ -232,8 +232,9 @@ def save_embedder(model: nn.Module, path: str | Path, extra: dict[str, Any] | No
     return path
 
 
-def load_embedder(path: str | Path) -> nn.Module:
-    """Load an exported embedder (no pickle: safetensors + save_pretrained only)."""
+def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load an exported embedder (no pickle: safetensors + save_pretrained only) onto
+    ``device`` (what ``afmrl.utils.device.torch_device`` decided for the calling process)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -263,7 +264,7 @@ def load_embedder(path: str | Path) -> nn.Module:
     missing, unexpected = model.load_state_dict(load_file(str(path / HEADS_FILE)), strict=False)
     if unexpected:
         raise ValueError(f"{path}: unexpected head weights {unexpected}")
-    return model.eval()
+    return model.to(device).eval()
 
 
 @torch.no_grad()

@@ -48,7 +48,8 @@ from afmrl.data.images import load_image
 from afmrl.extract.stage import attributes_by_item
 from afmrl.layout import RunLayout
 from afmrl.models.processor import PromptItem, extraction_request
-from afmrl.rl.reward import EMBEDDER_CPUS, EVALUATOR_CPUS, RecallReward
+from afmrl.rl.reward import RecallReward
+from afmrl.utils import device
 from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree, sha256_json
 
 log = logging.getLogger("afmrl")
@@ -107,14 +108,9 @@ def describe_batch(config: AfmrlConfig) -> str:
             f"{rl.per_device_batch_size}")
 
 
-def resources(config: AfmrlConfig) -> dict[str, float]:
+def resources(config: AfmrlConfig) -> list[device.Placement]:
     """What RAR asks of the cluster: trainer ranks + the embedder + the evaluator actors."""
-    rl = config.rl
-    request = {"CPU": rl.num_workers * config.train.cpus_per_worker + EMBEDDER_CPUS
-               + config.eval.num_evaluators * EVALUATOR_CPUS}
-    if rl.use_gpu:
-        request["GPU"] = float(rl.num_workers)
-    return request
+    return device.stage_placements(config, "rar")
 
 
 def check_rollout_engine(config: AfmrlConfig) -> None:
@@ -284,7 +280,9 @@ def train_loop(loop: dict[str, Any]) -> None:
         loop["reward"], loop["heldout"], generator, config, Path(loop["curve"]),
         loop["eval_every"], tracker.log_metrics if tracker else lambda metrics, step: None)
     trainer = GRPOTrainer(
-        model=AutoModelForImageTextToText.from_pretrained(str(generator), dtype=torch.float32),
+        model=AutoModelForImageTextToText.from_pretrained(str(generator), dtype=torch.float32
+                                                          ).to(device.train_device(
+                                                              device.rar_workers(config))),
         processing_class=AutoProcessor.from_pretrained(str(generator)),
         reward_funcs=[loop["reward"]], args=grpo_args(config, ckpt_dir),
         train_dataset=prompt_dataset(loop["prompts"], config.extract.attribute_keys,
@@ -359,7 +357,9 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
     print(describe_batch(config))
     print(f"RAR: {len(prompts)} RL prompts, {len(heldout)} held-out photos, reward "
           f"Recall@{rl.recall_k}, {rl.rollout_engine} rollouts, {rl.max_steps} steps")
+    workers = device.rar_workers(config)
     preflight(resources(config), f"RAR ({rl.num_workers} GRPO ranks + reward actors)")
+    device.check_workers(workers, config.ray.call_timeout_s)
     attributes = attributes_by_item(attributes_table)
     ckpt_dir = checkpoint_dir(config, generator, embedder, attributes, prompts)
     curve_path = ckpt_dir / "curve.json"  # per recipe: a fresh recipe starts a fresh curve
@@ -375,10 +375,8 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
                 "ckpt_dir": str(ckpt_dir), "curve": str(curve_path),
                 "eval_every": eval_every_steps or rl.checkpoint_every_steps,
                 "run_id": active.info.run_id if active else None},
-            scaling_config=ScalingConfig(
-                num_workers=rl.num_workers, use_gpu=rl.use_gpu,
-                resources_per_worker={"CPU": config.train.cpus_per_worker}),
-            torch_config=TorchConfig(backend="nccl" if rl.use_gpu else "gloo",
+            scaling_config=ScalingConfig(**workers.scaling_config()),
+            torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
                                      timeout_s=int(config.train.step_timeout_s)),
             run_config=RunConfig(name=f"rar-{ckpt_dir.name}",
                                  storage_path=str(layout.rar / "ray")),

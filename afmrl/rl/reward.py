@@ -35,13 +35,13 @@ from afmrl.config import AfmrlConfig, EvalConfig, IndexConfig, RLConfig, replace
 from afmrl.extract.schema import attribute_text, parse_attributes
 from afmrl.index.evaluator import RecallEvaluator
 from afmrl.models.embedders import EmbedInput, embed, item_text, load_embedder
+from afmrl.utils.device import (Placement, inference_embedder, recall_evaluators,
+                                 torch_device)
 from afmrl.utils.ray_utils import get_with_timeout, kill_actors
 
 log = logging.getLogger("afmrl")
 
 REWARD_NAME = "recall_reward"
-EMBEDDER_CPUS = 0.5
-EVALUATOR_CPUS = 0.5  # per evaluator actor (eval.num_evaluators of them)
 # First-hit ranks are searched this deep (or the whole gallery, if smaller): mean_rank is exact
 # on small galleries and stays cheap on large ones (deeper misses count as depth + 1).
 RANK_DEPTH = 100
@@ -51,10 +51,11 @@ EXACT = IndexConfig(kind="flat", metric="ip", num_shards=1)
 
 @ray.remote
 class EmbedderActor:
-    """The frozen stage-1 embedder in its own process (trainer ranks never load it)."""
+    """A frozen embedder in its own process (trainer ranks never load it), on the device its
+    ``placement`` (``afmrl.utils.device.inference_embedder``) names."""
 
-    def __init__(self, path: str) -> None:
-        self.model = load_embedder(path)
+    def __init__(self, path: str, placement: Placement) -> None:
+        self.model = load_embedder(path, torch_device(placement))
 
     def embed(self, inputs: list[EmbedInput]) -> np.ndarray:
         return embed(self.model, inputs)
@@ -144,7 +145,9 @@ class RecallReward:
         Every remote call (here and per batch) is bounded by ``rl.reward_timeout_s``.
         """
         rl, keys = config.rl, config.extract.attribute_keys
-        embedder = EmbedderActor.options(num_cpus=EMBEDDER_CPUS).remote(str(embedder_path))
+        placement = inference_embedder(config, "rar")
+        embedder = EmbedderActor.options(**placement.ray_options()).remote(str(embedder_path),
+                                                                          placement)
         try:
             inputs, products = gallery_inputs(catalog, attributes, keys)
             gallery = get_with_timeout(embedder.embed.remote(inputs), rl.reward_timeout_s,
@@ -153,7 +156,8 @@ class RecallReward:
             evaluator = RecallEvaluator.get_or_create(
                 name, gallery, products, EXACT,
                 EvalConfig(ks=(rl.recall_k, depth), num_evaluators=config.eval.num_evaluators),
-                replace(config.ray, call_timeout_s=rl.reward_timeout_s), EVALUATOR_CPUS)
+                replace(config.ray, call_timeout_s=rl.reward_timeout_s),
+                recall_evaluators(config).cpus)
         except BaseException:
             kill_actors([embedder])
             raise

@@ -18,18 +18,14 @@ from typing import Any, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from afmrl.config import REPO_ROOT, AfmrlConfig, ServeConfig, load_config
+from afmrl.config import REPO_ROOT, AfmrlConfig, load_config
 from afmrl.layout import RunLayout
+from afmrl.utils.device import REPLICA_CPUS, SERVE_SHARD_CPUS as SHARD_CPUS, serve_deployments
 from afmrl.utils.io import atomic_write_text
 from afmrl.utils.job import parse, parser
 
 APP_NAME = "afmrl-search"
 IMPORT_PATH = "serve_apps.search_app:build_app"
-# CPUs per replica: with every deployment at serve.max_replicas=2, plus the index shard actors
-# (SHARD_CPUS each), the app fits the 4 logical CPUs of the local profile.
-REPLICA_CPUS = {"Embedder": 0.5, "AttributeGenerator": 0.5, "Retriever": 0.1,
-                "SearchIngress": 0.1}
-SHARD_CPUS = 0.25
 
 
 def _from_repo(path: str) -> Path:
@@ -58,13 +54,15 @@ class SearchAppArgs(BaseModel):
         return config, index_dir, generator
 
 
-def deployment_options(serve: ServeConfig, with_generator: bool) -> dict[str, dict[str, Any]]:
-    """Ray Serve options of each deployment.
+def deployment_options(config: AfmrlConfig, with_generator: bool) -> dict[str, dict[str, Any]]:
+    """Ray Serve options of each deployment; resources from ``afmrl.utils.device``.
 
     Batched deployments accept 2 x max_batch_size requests at once (a batch only fills from
     requests the replica has accepted) and autoscale on that queue; the batch settings are a
     ``user_config`` so they change without restarting replicas.
     """
+    serve = config.serve
+    resources = {p.component: p.ray_options() for p in serve_deployments(config, with_generator)}
     batch = serve.max_batch_size
     batching = {"max_batch_size": batch, "batch_wait_timeout_s": serve.batch_wait_timeout_s}
 
@@ -74,7 +72,7 @@ def deployment_options(serve: ServeConfig, with_generator: bool) -> dict[str, di
                 "autoscaling_config": {"min_replicas": serve.embed_replicas,
                                        "max_replicas": serve.max_replicas,
                                        "target_ongoing_requests": target},
-                "ray_actor_options": {"num_cpus": REPLICA_CPUS[name]},
+                "ray_actor_options": resources[name],
                 **({"user_config": dict(user_config)} if user_config else {})}
 
     deployments = {"Embedder": options("Embedder", 2 * batch, batch, batching)}
@@ -93,7 +91,7 @@ def serve_config(config: AfmrlConfig, args: SearchAppArgs, working_dir: str | No
         "name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
         "args": args.model_dump(exclude_none=True),
         "deployments": [{"name": name, **options} for name, options in
-                        deployment_options(config.serve, args.generator is not None).items()]}
+                        deployment_options(config, args.generator is not None).items()]}
     if working_dir:
         app["runtime_env"] = {"working_dir": f"local://{Path(working_dir).resolve()}"}
     return {"proxy_location": "EveryNode",

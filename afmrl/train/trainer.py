@@ -127,8 +127,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     np.random.seed(train.seed + rank)
     torch.manual_seed(train.seed)
 
+    from afmrl.utils.device import agcl_workers, train_device
+
     embedder = load_embedder(loop_config["init_from"]).train()
     module = EmbedderWithLoss(embedder, AGCLLoss.from_config(train))
+    train_device(agcl_workers(config))  # DeepSpeed then places the engine on that device
     sampler = ProductBatchSampler(
         pairs.product_ids, train.per_device_batch_size, num_replicas=world, rank=rank,
         seed=train.seed, coarse_ids=pairs.coarse_ids if train.hard_batches else None)
@@ -271,10 +274,9 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
           f"num_workers {train.num_workers} x grad_accum_steps {train.grad_accum_steps} = "
           f"{train.effective_batch_size} pairs/step; ZeRO-{train.zero_stage}"
           f"{' + offload' if train.offload else ''}; {len(pairs)} training pairs")
-    request = {"CPU": train.num_workers * train.cpus_per_worker}
-    if train.use_gpu:
-        request["GPU"] = float(train.num_workers)
-    preflight(request, f"AGCL training ({train.num_workers} workers)")
+    workers = agcl_workers(config)
+    preflight([workers], f"AGCL training ({train.num_workers} workers)")
+    check_workers(workers, config.ray.call_timeout_s)
     if init_from is None:  # built once here: every rank starts from the same weights on disk
         from afmrl.models.embedders import build_embedder, save_embedder
 
@@ -292,9 +294,8 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     }
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker={"CPU": train.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo",
+        scaling_config=ScalingConfig(**workers.scaling_config()),
+        torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
                                  timeout_s=int(train.step_timeout_s)),
         run_config=RunConfig(name=f"agcl-{tag}", storage_path=str(out_dir / "ray"),
                              failure_config=FailureConfig(max_failures=max_failures)))
@@ -302,6 +303,7 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     result = trainer.fit()
     seconds = time.perf_counter() - started
     if not (embedder_dir / "embedder.json").is_file():
+    from afmrl.utils.device import agcl_workers, check_workers
         raise RuntimeError(f"AGCL {tag} finished without exporting {embedder_dir}; see the "
                            f"worker logs above")
     if tracker is not None:

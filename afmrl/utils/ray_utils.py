@@ -6,11 +6,14 @@ distributed ML jobs waste hours; every helper here turns them into an error that
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import ray
 
 from afmrl.config import RayConfig
+
+if TYPE_CHECKING:
+    from afmrl.utils.device import Placement
 
 
 class ResourceShortfall(RuntimeError):
@@ -35,15 +38,32 @@ def init_ray(config: RayConfig) -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
-def preflight(request: dict[str, float], what: str) -> None:
-    """Fail fast when the cluster's *total* resources cannot hold ``request`` (e.g. {"CPU": 4}).
+def preflight(request: "dict[str, float] | Sequence[Placement]", what: str) -> None:
+    """Fail fast when the cluster's *total* resources cannot hold ``request``: a resource dict
+    (e.g. {"CPU": 4}) or the ``Placement``s of ``afmrl.utils.device`` a stage will create (then
+    each process must also fit on one node: an actor cannot span nodes).
 
-    Autoscaling clusters may add nodes later, so only the totals (not what is free now) are
-    compared; set RAY_ADDRESS to a cluster with enough capacity or lower the request.
+    Autoscaling clusters may add nodes later, so only the totals and the largest node (not what
+    is free now) are compared; set RAY_ADDRESS to a cluster with enough capacity or lower the
+    request.
     """
     total = ray.cluster_resources()
-    gaps = [f"{name}: need {amount:g}, cluster has {total.get(name, 0.0):g}"
-            for name, amount in request.items() if amount > total.get(name, 0.0) + 1e-9]
+    gaps = []
+    if not isinstance(request, dict):
+        placements, request = list(request), {}
+        for placement in placements:
+            for name, amount in placement.total().items():
+                request[name] = request.get(name, 0.0) + amount
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        for placement in placements:
+            bundle = {k: v for k, v in placement.bundle().items() if v}
+            if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+                       for node in nodes):
+                gaps.append(f"one {placement.component} needs {_show(bundle)}, no node has that "
+                            f"much (set by {placement.gpu_key or 'its CPU share'})")
+    gaps += [f"{name}: need {_amount(name, amount)}, cluster has "
+             f"{_amount(name, total.get(name, 0.0))}"
+             for name, amount in request.items() if amount > total.get(name, 0.0) + 1e-9]
     if gaps:
         raise ResourceShortfall(
             f"{what} cannot be scheduled on this Ray cluster ({'; '.join(gaps)}). Lower the "
@@ -54,6 +74,14 @@ def preflight(request: dict[str, float], what: str) -> None:
 def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:
     """``ray.get`` with a timeout whose error names the call; never waits forever."""
     try:
+def _amount(name: str, amount: float) -> str:
+    return f"{amount / (1 << 30):.1f} GiB" if name == "memory" else f"{amount:g}"
+
+
+def _show(resources: dict[str, float]) -> str:
+    return ", ".join(f"{_amount(name, amount)} {name}" for name, amount in resources.items())
+
+
         return ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as error:
         raise RemoteCallTimeout(f"{what} did not answer within {timeout_s:g}s") from error

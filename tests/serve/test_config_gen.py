@@ -42,7 +42,7 @@ def test_serve_config_validates_against_rays_schema_and_the_app_args():
 def test_the_app_at_max_replicas_fits_the_local_cluster():
     config = load_config(None)
     cpus = 4  # init_ray's smallest local cluster: max(4, 2 x cores)
-    options = deployment_options(config.serve, with_generator=True)
+    options = deployment_options(config, with_generator=True)
     replicas = config.serve.max_replicas
     total = sum(o["ray_actor_options"]["num_cpus"] * replicas for o in options.values())
     total += replicas * config.index.num_shards * SHARD_CPUS
