@@ -12,6 +12,7 @@
   afmrl catalog import-pairs|import-folder DIR --out F   import product data as a catalog
   afmrl export --embedder DIR --format sentence-transformers OUT   export for other tools
   afmrl config reference|show                    every config field, or the resolved config
+  afmrl plan      --config configs/gpu.yaml      Ray actors/workers/deployments per stage
 Every job takes --config PATH and dotted overrides (train.lr=3e-4); add -h for details.
 """
 from __future__ import annotations
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return _models(rest)
     if command == "config":
         return _config(rest)
+    if command == "plan":
+        from afmrl.plan import main as plan_main
+
+        return plan_main(rest)
     if command == "catalog":
         from afmrl.data.importers import main as catalog_main
 

@@ -146,17 +146,17 @@ def run_extraction(catalog: pd.DataFrame, model_path: str | Path, model_id: str,
     """Extract attributes for every catalog row not already done; return the full table.
 
     ``hide_titles`` extracts from images alone (RAR queries: a shopper's photo has no title).
-    """
     ``placement``: the actor pool's resources and device (``afmrl.utils.device``; by default
     ``extraction_actors`` of ``config``).
+    """
     import ray.data
 
     from afmrl.utils.device import extraction_actors
     from afmrl.utils.ray_utils import preflight
 
+    placement = placement or extraction_actors(config)
     out_dir = Path(out_dir)
     parts_dir = out_dir / "parts"
-    placement = placement or extraction_actors(config)
     parts_dir.mkdir(parents=True, exist_ok=True)
     todo = catalog.copy()
     todo["resume_key"] = [resume_key(h, model_id, config.prompt_version)

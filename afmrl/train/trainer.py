@@ -262,6 +262,7 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from afmrl.utils.device import agcl_workers, check_workers
     from afmrl.utils.ray_utils import preflight
 
     train = config.train
@@ -303,7 +304,6 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     result = trainer.fit()
     seconds = time.perf_counter() - started
     if not (embedder_dir / "embedder.json").is_file():
-    from afmrl.utils.device import agcl_workers, check_workers
         raise RuntimeError(f"AGCL {tag} finished without exporting {embedder_dir}; see the "
                            f"worker logs above")
     if tracker is not None:

@@ -71,9 +71,6 @@ def preflight(request: "dict[str, float] | Sequence[Placement]", what: str) -> N
             f"(ray.address / $RAY_ADDRESS).")
 
 
-def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:
-    """``ray.get`` with a timeout whose error names the call; never waits forever."""
-    try:
 def _amount(name: str, amount: float) -> str:
     return f"{amount / (1 << 30):.1f} GiB" if name == "memory" else f"{amount:g}"
 
@@ -82,6 +79,9 @@ def _show(resources: dict[str, float]) -> str:
     return ", ".join(f"{_amount(name, amount)} {name}" for name, amount in resources.items())
 
 
+def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:
+    """``ray.get`` with a timeout whose error names the call; never waits forever."""
+    try:
         return ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as error:
         raise RemoteCallTimeout(f"{what} did not answer within {timeout_s:g}s") from error
