@@ -233,16 +233,16 @@ class IndexConfig:
         "Matryoshka: index only the first N embedding dimensions (re-normalised). None = all.",
         None)
     use_gpu: bool = doc("Build/search on GPU (needs faiss-gpu).", False)
-
-    def __post_init__(self) -> None:
-        _require(self.num_shards >= 1, "index.num_shards must be >= 1")
     gpus_per_shard: float = doc(
         "GPU share each index shard actor requests when index.use_gpu (fractions share a GPU).",
         0.25)
+
+    def __post_init__(self) -> None:
+        _require(self.num_shards >= 1, "index.num_shards must be >= 1")
+        _require(0 < self.gpus_per_shard <= 1, "index.gpus_per_shard must be in (0, 1]")
         _require(self.nprobe >= 1 and self.nlist >= 1, "index.nlist/nprobe must be >= 1")
         _require(self.dim_prefix is None or self.dim_prefix >= 1, "index.dim_prefix must be >= 1")
 
-        _require(0 < self.gpus_per_shard <= 1, "index.gpus_per_shard must be in (0, 1]")
 
 @dataclass(frozen=True)
 class EvalConfig:
