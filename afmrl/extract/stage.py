@@ -35,7 +35,14 @@ def distilled_generator(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None
     if cfg.sft_steps == 0:
         return base
     out = RunLayout.of(config).generator_sft
-    examples = teacher_examples(catalog, cfg.attribute_keys, cfg.teacher_file)
+    # No teacher file: a text catalog is taught by the title rules of the text teacher.
+    teacher_file = cfg.teacher_file or text_teacher_file(
+        catalog, cfg.attribute_keys, out.parent / "teacher-text.parquet")
+    examples = teacher_examples(catalog, cfg.attribute_keys, teacher_file)
+    if not examples:
+        log.warning("SFT skipped: no teacher attributes for any catalog/train row; extraction "
+                    "uses the base generator %s", base)
+        return base
     recipe = sha256_json({"base": fingerprint_tree(base), "steps": cfg.sft_steps,
                           "lr": cfg.sft_lr, "batch": cfg.sft_batch_size, "seed": config.seed,
                           "examples": [(e.item, e.target) for e in examples]})
@@ -59,12 +66,13 @@ def extract_all(config: AfmrlConfig, generator: Path, tag: str, tracker=None,
     model_id = fingerprint_tree(generator)
     out = RunLayout.of(config).attributes(tag)
     tables, metrics = [], {}
-    for part, rows, hide_titles in (("catalog", catalog[catalog["split"] == "catalog"], False),
-                                    ("queries", catalog[catalog["split"] != "catalog"], True)):
+    # Rows are read as they are: a photo-only query row has no title in the catalog itself.
+    for part, rows in (("catalog", catalog[catalog["split"] == "catalog"]),
+                       ("queries", catalog[catalog["split"] != "catalog"])):
         if rows.empty:
             continue
         result = run_extraction(rows, generator, model_id, config.extract, config.ray,
-                                out / part, config.data.image_size, hide_titles=hide_titles)
+                                out / part, config.data.image_size)
         tables.append(result.table)
         metrics.update({f"{part}_{k}": v for k, v in result.metrics.items()})
         log.info("extract %s/%s: %d rows, parse failures %.1f%%, %.1f rows/s", tag, part,

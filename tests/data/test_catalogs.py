@@ -6,6 +6,7 @@ import pytest
 
 from afmrl.data import CatalogError, grocery_catalog, pricerunner_catalog, read_catalog_file
 from afmrl.data.images import ImageError, decode_image, load_image
+from afmrl.data.catalogs import PRICERUNNER_SPLIT, cluster_split
 from afmrl.data.schema import CATALOG_COLUMNS, validate_catalog
 
 
@@ -25,11 +26,41 @@ def test_mini_grocery_validates_images(mini_catalog):
     assert set(mini_catalog["split"]) == {"catalog", "test"}
 
 
-def test_pricerunner_adapter(shared_data):
+def test_grocery_query_photos_are_photo_only(shared_data):
+    catalog = grocery_catalog(shared_data, check_images=False)
+    photos = catalog[catalog["split"] != "catalog"]
+    assert set(photos["split"]) == {"train", "val", "test"}
+    assert (photos["title"] == "").all() and (photos["text"] == "").all()
+    assert (photos["image_uri"] != "").all()
+    assert (catalog.loc[catalog["split"] == "catalog", "title"] != "").all()
+
+
+def test_pricerunner_adapter_splits_whole_clusters(shared_data):
     offers = pricerunner_catalog(shared_data)
     assert len(offers) == 35311
     assert offers["group_id"].nunique() == 13233
     assert "group_label" not in offers.columns  # the answer is never a model input
+    # Every cluster lies in exactly one split: test products are unseen in training.
+    assert (offers.groupby("group_id")["split"].nunique() == 1).all()
+    shares = offers.drop_duplicates("group_id")["split"].value_counts(normalize=True)
+    assert shares.to_dict() == pytest.approx({"train": 0.70, "val": 0.15, "test": 0.15}, abs=0.001)
+    shares = dict(PRICERUNNER_SPLIT)
+    assert cluster_split(offers["group_id"], shares, 0).tolist() == offers["split"].tolist()
+    assert cluster_split(offers["group_id"], shares, 1).tolist() != offers["split"].tolist()
+
+
+def test_max_groups_keeps_whole_products(shared_data):
+    from afmrl.config import load_config
+    from afmrl.data import load_catalog
+
+    config = load_config(None, [f"data.root={shared_data}", "data.catalog=pricerunner",
+                                "data.max_groups=500"])
+    sample = load_catalog(config.data)
+    assert sample["group_id"].nunique() == 500
+    raw = pd.read_csv(shared_data / "pricerunner" / "items.csv", usecols=["group_id"])
+    sizes = raw["group_id"].value_counts()
+    kept = sample["group_id"].value_counts()
+    assert (kept == sizes[kept.index]).all()  # every offer of a kept cluster
 
 
 def _frame(**overrides):
