@@ -35,10 +35,7 @@ def distilled_generator(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None
     if cfg.sft_steps == 0:
         return base
     out = RunLayout.of(config).generator_sft
-    # No teacher file: a text catalog is taught by the title rules of the text teacher.
-    teacher_file = cfg.teacher_file or text_teacher_file(
-        catalog, cfg.attribute_keys, out.parent / "teacher-text.parquet")
-    examples = teacher_examples(catalog, cfg.attribute_keys, teacher_file)
+    examples = teacher_examples(catalog, cfg.attribute_keys, cfg.teacher_file)
     if not examples:
         log.warning("SFT skipped: no teacher attributes for any catalog/train row; extraction "
                     "uses the base generator %s", base)
