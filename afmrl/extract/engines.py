@@ -62,13 +62,13 @@ class TransformersEngine:
     """Batched ``generate`` on one model; also the rollout engine of RAR on CPU."""
 
     def __init__(self, model_path: str | Path, max_tokens: int, temperature: float,
-                 image_size: int, model=None):
+                 image_size: int, model=None, device: str = "cpu"):
         import torch
         from transformers import AutoModelForImageTextToText
 
         self.prompter = Prompter(model_path, image_size)
         self.model = model or AutoModelForImageTextToText.from_pretrained(
-            str(model_path), dtype=torch.float32).eval()
+            str(model_path), dtype=torch.float32).to(device).eval()
         self.max_tokens = max_tokens
         self.temperature = temperature
 
@@ -76,7 +76,9 @@ class TransformersEngine:
         import torch
 
         texts = [self.prompter.chat(text, image is not None) for text, image in requests]
-        inputs = self.prompter.model_inputs(texts, [image for _, image in requests])
+        # On the model's device: a policy being trained on a GPU, or a model loaded there.
+        inputs = self.prompter.model_inputs(texts, [image for _, image in requests]
+                                            ).to(self.model.device)
         sampling = {"do_sample": True, "temperature": self.temperature} \
             if self.temperature > 0 else {"do_sample": False}
         with torch.no_grad():
@@ -92,7 +94,9 @@ class TransformersEngine:
 
 
 def make_engine(config: ExtractConfig, model_path: str | Path, image_size: int,
-                cache_root: str | Path, seed: int = 0) -> Engine:
+                cache_root: str | Path, seed: int = 0, device: str = "cpu") -> Engine:
+    """``device``: the actor's torch device (vLLM places itself on the GPUs Ray assigned)."""
     if config.engine == "vllm":
         return VllmEngine(model_path, config, image_size, cache_root, seed)
-    return TransformersEngine(model_path, config.max_tokens, config.temperature, image_size)
+    return TransformersEngine(model_path, config.max_tokens, config.temperature, image_size,
+                              device=device)
