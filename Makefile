@@ -11,7 +11,8 @@ install:
 	bash scripts/install.sh
 
 demo: install
-	$(PY) -m afmrl.cli pipeline --config configs/local.yaml
+	$(PY) -m afmrl.cli doctor --config configs/demo.yaml
+	$(PY) -m afmrl.cli pipeline --config configs/demo.yaml
 
 test: install
 	$(PY) -m pytest -q -rs --durations=15 tests

@@ -13,6 +13,7 @@
   afmrl export --embedder DIR --format sentence-transformers OUT   export for other tools
   afmrl config reference|show                    every config field, or the resolved config
   afmrl plan      --config configs/gpu.yaml      Ray actors/workers/deployments per stage
+  afmrl doctor    --config configs/demo.yaml     is this machine ready? (advice per failure)
 Every job takes --config PATH and dotted overrides (train.lr=3e-4); add -h for details.
 """
 from __future__ import annotations
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from afmrl.plan import main as plan_main
 
         return plan_main(rest)
+    if command == "doctor":
+        from afmrl.doctor import main as doctor
+
+        return doctor(rest)
     if command == "catalog":
         from afmrl.data.importers import main as catalog_main
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from afmrl.config import AfmrlConfig
 from afmrl.layout import RunLayout
+from afmrl.utils.console import StageClock, install_interrupt_handler
 from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
@@ -139,6 +140,7 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         import mlflow
 
+        from afmrl.doctor import estimate_stage_seconds
         from afmrl.tracking import Tracker
 
         tracker = Tracker(self.config)
@@ -146,18 +148,20 @@ class Pipeline:
         with tracker.run("pipeline", run_id=self.state.data["parent_run_id"],
                          tags={"afmrl.stage": "pipeline"}) as parent:
             self.state.set_parent(parent.info.run_id)
-            for number, (name, stage) in enumerate(stages.items(), 1):
+            clock = StageClock(list(stages), estimate_stage_seconds(self.config, self.catalog))
+            for name, stage in stages.items():
                 if self.state.done(name) and name != "serve":
-                    log.info("[%d/%d] %s: done earlier, skipped", number, len(stages), name)
+                    clock.skip(name)
                     continue
-                log.info("[%d/%d] %s ...", number, len(stages), name)
+                clock.start(name)
                 started = time.perf_counter()
                 with tracker.run(name, nested=True, tags={"afmrl.stage": name}) as child:
                     outputs = stage(tracker)
                     seconds = time.perf_counter() - started
                     tracker.log_metrics({"stage_seconds": seconds})
+                install_interrupt_handler()  # Ray Train leaves its own SIGINT handler behind
                 self.state.record(name, seconds, {**outputs, "run_id": child.info.run_id})
-                log.info("[%d/%d] %s finished in %.0fs", number, len(stages), name, seconds)
+                clock.end(name)
             table = self.results_table()
             if table is not None:
                 table.log(tracker, table.write(self.layout.results))

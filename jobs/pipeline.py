@@ -1,8 +1,13 @@
 """The main job: the whole AFMRL pipeline, end to end, resumable (what `make demo` runs).
 
-  afmrl pipeline --config configs/local.yaml            # full grocery run on CPU
-  afmrl pipeline --config configs/mini.yaml --no-wait   # CI-sized, exits after a smoke query
+  afmrl pipeline --config configs/demo.yaml            # the <= 15 min demo on 2 CPU cores
+  afmrl pipeline --config configs/full.yaml            # the longer profile of the README results
+  afmrl pipeline --config configs/mini.yaml --no-wait  # CI-sized, exits after a smoke query
+  afmrl pipeline --config configs/demo.yaml --dry-run  # stages, configs, plan, time estimate
   ray job submit --working-dir . -- python jobs/pipeline.py --config configs/gpu.yaml --no-wait
+
+Ctrl-C stops it at any stage: the search app is shut down, the local Ray cluster this job
+started is stopped, and finished stages stay recorded, so a rerun resumes.
 """
 from __future__ import annotations
 
@@ -14,21 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python jobs/
 from afmrl.utils.job import parser, parse  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__)
-    p.add_argument("--no-wait", action="store_true",
-                   help="exit after the serve stage answers a query (default: keep serving "
-                        "until Ctrl-C)")
-    config, args = parse(argv, __doc__, p)
-    from afmrl.pipeline import Pipeline, format_results
-    from afmrl.utils.ray_utils import init_ray
+def _print_summary(pipeline, summary) -> None:
+    from afmrl.pipeline import format_results
 
-    init_ray(config.ray)
-    pipeline = Pipeline(config)
-    summary = pipeline.run()
-    print("\nAFMRL results (grocery benchmark: test photos vs catalog items)")
+    print(f"\nAFMRL results (profile '{pipeline.config.profile}'; grocery benchmark: test "
+          f"photos vs catalog items)")
     print(format_results(summary))
     print(f"\nrun dir:      {pipeline.layout.root}")
+    report = pipeline.layout.root / "report.html"
+    if report.is_file():
+        print(f"report:       {report}")
     print(f"MLflow:       {summary['mlflow']} (parent run {summary['parent_run_id']})")
     print(f"              mlflow ui --backend-store-uri {summary['mlflow']}")
     print(f"checkpoints:  {pipeline.layout.root / 'train'}, {pipeline.layout.rar}")
@@ -37,11 +37,63 @@ def main(argv: list[str] | None = None) -> int:
         print(f"endpoint:     {summary['endpoint']}  (search page at {summary['endpoint']}/)")
         print(f"  curl -s -X POST {summary['endpoint']}/search -H 'content-type: "
               f"application/json' -d '{{\"text\": \"orange juice\", \"k\": 5}}'")
-        if not args.no_wait:
-            from afmrl.serve.launch import wait_until_interrupted
 
-            print("serving; Ctrl-C to stop")
-            wait_until_interrupted()
+
+def _stop(started_ray: bool) -> None:
+    """Stop what this job started: the search app and (only) the local cluster it owns."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception as error:  # noqa: BLE001 - Serve never started or is already gone
+        print(f"(search app: {type(error).__name__})", file=sys.stderr)
+    if started_ray:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--no-wait", action="store_true",
+                   help="exit after the serve stage answers a query (default: keep serving "
+                        "until Ctrl-C)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the stages, their configs, the resource plan and the estimated "
+                        "time on this machine, then exit")
+    config, args = parse(argv, __doc__, p)
+    if args.dry_run:
+        from afmrl.doctor import dry_run
+
+        print(dry_run(config))
+        return 0
+    import ray
+
+    from afmrl.pipeline import Pipeline
+    from afmrl.utils.console import Interrupted, install_interrupt_handler
+    from afmrl.utils.ray_utils import init_ray
+
+    install_interrupt_handler()
+    started_ray = not ray.is_initialized()
+    try:
+        init_ray(config.ray)
+        pipeline = Pipeline(config)
+        summary = pipeline.run()
+        _print_summary(pipeline, summary)
+        if summary["endpoint"] and not args.no_wait:
+            import time
+
+            print("serving; Ctrl-C to stop", flush=True)
+            install_interrupt_handler()
+            while True:
+                time.sleep(3600)
+    except (Interrupted, KeyboardInterrupt) as stop:
+        print(f"\ninterrupted ({stop or 'Ctrl-C'}): stopping the search app and Ray; finished "
+              f"stages are saved, rerun the same command to resume", file=sys.stderr, flush=True)
+        _stop(started_ray)
+        return 130
     return 0
 
 

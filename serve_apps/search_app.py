@@ -18,13 +18,12 @@ from ray import serve
 from ray.serve import Application
 
 from afmrl.config import AfmrlConfig, ServeConfig
-from afmrl.extract.engines import TransformersEngine
 from afmrl.models import embedders
 from afmrl.models.embedders import EmbedInput
 from afmrl.serve.api import create_api
 from afmrl.serve.catalog import Catalog, IndexSource
 from afmrl.serve.config_gen import SHARD_CPUS, SearchAppArgs, deployment_options
-from afmrl.serve.enrich import query_attributes
+from afmrl.serve.enrich import query_attributes, query_engine
 from afmrl.utils.device import serve_deployment, torch_device
 from afmrl.serve.service import SearchService
 
@@ -56,7 +55,7 @@ class Embedder:
 
 @serve.deployment(name="AttributeGenerator")
 class AttributeGenerator:
-    """The generator writing a query's attributes (transformers generate, greedy)."""
+    """The generator writing a query's attributes (greedy, under the extraction schema)."""
 
     def __init__(self, generator: str, config: AfmrlConfig) -> None:
         self.engine = query_engine(

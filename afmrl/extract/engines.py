@@ -59,10 +59,14 @@ class VllmEngine:
 
 
 class TransformersEngine:
-    """Batched ``generate`` on one model; also the rollout engine of RAR on CPU."""
+    """Batched ``generate`` on one model; also the rollout engine of RAR on CPU.
+
+    With ``schema`` the output is constrained to it by xgrammar, the grammar backend of the
+    vLLM path (no whitespace, as there): serving's query attributes come out as extraction's.
+    """
 
     def __init__(self, model_path: str | Path, max_tokens: int, temperature: float,
-                 image_size: int, model=None, device: str = "cpu"):
+                 image_size: int, model=None, device: str = "cpu", schema: dict | None = None):
         import torch
         from transformers import AutoModelForImageTextToText
 
@@ -71,6 +75,21 @@ class TransformersEngine:
             str(model_path), dtype=torch.float32).to(device).eval()
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.grammar = None
+        if schema is not None:
+            import xgrammar
+
+            info = xgrammar.TokenizerInfo.from_huggingface(
+                self.prompter.tokenizer, vocab_size=self.model.config.get_text_config().vocab_size)
+            self.grammar = xgrammar.GrammarCompiler(info).compile_json_schema(
+                schema, any_whitespace=False)
+
+    def _logits_processors(self) -> list:
+        if self.grammar is None:
+            return []
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        return [LogitsProcessor(self.grammar)]  # one per generate call (it keeps state)
 
     def generate(self, requests: Sequence[Request]) -> list[tuple[str, int]]:
         import torch
@@ -82,7 +101,8 @@ class TransformersEngine:
         sampling = {"do_sample": True, "temperature": self.temperature} \
             if self.temperature > 0 else {"do_sample": False}
         with torch.no_grad():
-            output = self.model.generate(**inputs, max_new_tokens=self.max_tokens, **sampling)
+            output = self.model.generate(**inputs, max_new_tokens=self.max_tokens,
+                                         logits_processor=self._logits_processors(), **sampling)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         eos = set(self.model.generation_config.eos_token_id or [])
         results = []

@@ -45,8 +45,10 @@ class QueryOptions(Strict):
     text: str = Field("", max_length=MAX_TEXT_CHARS, description="Query text.",
                       examples=["apple juice"])
     k: int = Field(10, description="Number of results, 1..serve.max_k.")
-    enrich: bool = Field(False, description="Let the generator write the query's attributes "
-                         "and append them to the query text before embedding (AFMRL RAR).")
+    enrich: bool | None = Field(
+        None, description="Let the generator write the query's attributes and append them to "
+        "the query text before embedding (AFMRL's inference). Default: on when the app has a "
+        "generator (the pipeline serves with the run's best generator), else off.")
 
 
 class SearchRequest(QueryOptions):

@@ -96,7 +96,7 @@ class SearchService:
         if not text and image is None:
             raise ApiError(422, "empty query: send text, an image, or both")
         attributes: dict[str, str] = {}
-        if query.enrich:
+        if query.enrich or (query.enrich is None and self.generator is not None):
             if self.generator is None:
                 raise ApiError(400, "enrich=true needs the attribute generator, but this app "
                                     "runs without one (start it with a generator: afmrl serve "

@@ -33,6 +33,7 @@ from afmrl.layout import RunLayout
 from afmrl.tracking import WorkerMetricLogger
 from afmrl.eval.protocol import EvalSet
 from afmrl.train.data import PairSet
+from afmrl.utils.console import TrainProgress
 from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
@@ -182,6 +183,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     start_epoch = sampler.state_dict()["epoch"]
     step = engine.global_steps
+    progress = TrainProgress(f"AGCL {loop_config['tag']}", total_steps, step, world)
     for epoch in range(start_epoch, train.epochs):
         sampler.set_epoch(epoch)
         engine.train()
@@ -208,6 +210,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             losses.append(loss.item())
             if engine.is_gradient_accumulation_boundary() or train.grad_accum_steps == 1:
                 step = engine.global_steps
+                if rank == 0:
+                    progress.update(epoch, train.epochs, step, losses, len(indices))
                 if rank == 0 and step % 10 == 0:
                     logger.log({"train_loss": float(np.mean(losses[-10:])),
                                 "lr": engine.get_lr()[0],

@@ -26,6 +26,8 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="YAML config (default: the embedded local profile = configs/local.yaml)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="show library logs and warnings (silenced by default)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p
 
@@ -33,10 +35,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 def parse(argv: Sequence[str] | None, description: str,
           p: argparse.ArgumentParser | None = None) -> tuple[AfmrlConfig, argparse.Namespace]:
     """Parse and validate; a config error exits with status 2 and the actionable message."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S")
+    from afmrl.utils.console import setup_console
+
     p = p or parser(description)
     args = p.parse_args(argv)
+    setup_console(args.verbose)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as error:

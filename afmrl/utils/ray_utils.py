@@ -28,7 +28,10 @@ def init_ray(config: RayConfig) -> dict[str, float]:
     """Join ``config.address`` / $RAY_ADDRESS, or start a local cluster; return its resources."""
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True}
+        from afmrl.utils.console import ray_runtime_env
+
+        kwargs: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True,
+                                  "runtime_env": ray_runtime_env()}
         if address:
             ray.init(address=address, **kwargs)
         else:

@@ -1,13 +1,58 @@
-"""The enriched query text is the training-time query text: attributes first, schema order."""
+"""Query enrichment is AFMRL's inference: the serving generator writes attributes under the
+extraction schema, and the text the app embeds is the text training/evaluation builds for the
+same input."""
 from __future__ import annotations
 
-from afmrl.extract.schema import DEFAULT_ATTRIBUTE_KEYS
-from afmrl.serve.enrich import enriched_text
+import json
+
+import pandas as pd
+import pytest
+
+from afmrl.config import load_config
+from afmrl.extract.schema import DEFAULT_ATTRIBUTE_KEYS, parse_attributes
+from afmrl.serve.enrich import enriched_text, query_attributes, query_engine
+from afmrl.train.data import query_inputs
+
+KEYS = DEFAULT_ATTRIBUTE_KEYS
 
 
-def test_generated_attributes_join_the_query_in_canonical_order():
-    attributes = {"colour": "Red", "category": "juice", "shape": "box"}
-    assert enriched_text("apple juice", attributes, DEFAULT_ATTRIBUTE_KEYS) == \
-        "category: juice; colour: red; shape: box | apple juice"
-    assert enriched_text("", {"brand": "arla"}, DEFAULT_ATTRIBUTE_KEYS) == "brand: arla"
-    assert enriched_text("milk", {}, DEFAULT_ATTRIBUTE_KEYS) == "milk"
+def _rows(title: str, attributes: dict[str, str], image_uri: str = "") -> pd.DataFrame:
+    """One catalog-schema row, as the training/eval path reads it."""
+    return pd.DataFrame([{"title": title, "text": "", "image_uri": image_uri,
+                          "attributes": json.dumps(attributes)}])
+
+
+@pytest.mark.parametrize("text, image_uri", [("orange juice", ""), ("", "photo.jpg"),
+                                              ("arla milk", "photo.jpg")])
+def test_served_query_text_is_the_training_query_text(text, image_uri):
+    attributes = {"colour": "Orange", "category": "juice", "brand": "bravo"}
+    trained = query_inputs(_rows(text, attributes, image_uri), KEYS, with_attributes=True)[0]
+    assert enriched_text(text, parse_attributes(json.dumps(attributes), KEYS).values, KEYS) \
+        == trained.text
+    assert trained.text.startswith("category: juice; brand: bravo; colour: orange")
+
+
+def test_generated_attributes_reach_the_embedded_query(tiny_generator):
+    """A real generator, forced by constrained decoding to write known attributes: they come
+    back parsed and end up in the text the app embeds (the RAR / training query text)."""
+    config = load_config(None, ["extract.max_tokens=48"])
+    forced = {"type": "object", "additionalProperties": False,
+              "properties": {"category": {"enum": ["juice"]}, "brand": {"enum": ["bravo"]}},
+              "required": ["category", "brand"]}
+    engine = query_engine(tiny_generator, config, schema=forced)
+    [attributes] = query_attributes(engine, [("orange juice", None)], KEYS)
+    assert attributes == {"category": "juice", "brand": "bravo"}
+    assert enriched_text("orange juice", attributes, KEYS) == \
+        "category: juice; brand: bravo | orange juice"
+
+
+def test_serving_generation_follows_the_extraction_schema(tiny_generator):
+    """Without a forced schema the untrained generator still writes schema JSON (the default
+    engine is constrained), never the free text unconstrained generate produces."""
+    config = load_config(None, ["extract.max_tokens=96"])
+    engine = query_engine(tiny_generator, config)
+    raws = [raw for raw, _ in engine.generate([("List the key attributes.", None)] * 2)]
+    for raw in raws:
+        payload = json.loads(raw)
+        assert set(payload) == set(KEYS)
+        assert parse_attributes(raw, KEYS).ok

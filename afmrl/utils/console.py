@@ -1,0 +1,278 @@
+"""A console a person can read: stage lines with elapsed time and ETA, progress lines, and
+library noise silenced at its source (``--verbose`` brings it back).
+
+Noise is silenced where it is made: logger levels (FAISS's loader, DeepSpeed, Ray, MLflow,
+vLLM, transformers), environment variables the libraries read at import, and known warnings
+filtered by message. Ray workers get the same treatment through ``worker_setup_hook`` (Ray's
+``worker_process_setup_hook``), so lines from actors and Ray Train workers stay quiet too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+log = logging.getLogger("afmrl")
+
+VERBOSE_ENV = "AFMRL_VERBOSE"
+
+# Logger -> level kept when quiet. FAISS's loader logs its AVX probing in every process.
+QUIET_LOGGERS = {
+    "faiss.loader": logging.ERROR, "faiss": logging.WARNING, "DeepSpeed": logging.ERROR,
+    "deepspeed": logging.ERROR, "torch.distributed": logging.ERROR, "ray": logging.ERROR,
+    "ray.data": logging.ERROR, "ray.train": logging.ERROR, "ray.serve": logging.ERROR,
+    "ray.tune": logging.ERROR, "mlflow": logging.ERROR, "alembic": logging.WARNING,
+    "vllm": logging.ERROR, "transformers": logging.ERROR, "urllib3": logging.WARNING,
+    "httpx": logging.WARNING, "filelock": logging.WARNING, "xgrammar": logging.ERROR,
+    "datasets": logging.ERROR, "accelerate": logging.ERROR, "trl": logging.ERROR,
+    "uvicorn": logging.WARNING, "uvicorn.access": logging.WARNING, "fastapi": logging.WARNING,
+    "torch._dynamo": logging.ERROR, "sentence_transformers": logging.ERROR,
+}
+
+# Environment the libraries read when they start (inherited by a local Ray cluster's workers).
+QUIET_ENV = {
+    "RAY_DEDUP_LOGS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "VLLM_CONFIGURE_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "GLOG_minloglevel": "2",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+# Known warnings, filtered by message (regular expressions matched at the message start).
+QUIET_WARNINGS = (
+    r".*PreemptionWatcher", r".*scheduler", r".*deprecat", r".*Deprecat", r".*TypedStorage",
+    r".*torch\.distributed", r".*pkg_resources", r".*No device id is provided",
+    r".*`torch_dtype` is deprecated", r".*Using a slow image processor", r".*tensorboard",
+    r".*Filesystem tracking backend", r".*The default value of", r".*is not a valid",
+    r".*Passing `", r".*find_unused_parameters", r".*expandable_segments", r".*barrier\(\)",
+)
+
+# What a noise line looks like on the console (the console test checks none gets through).
+NOISE_MARKERS = (
+    "Could not load library with AVX", "Loading faiss with", "Successfully loaded faiss",
+    "PreemptionWatcher", "DeprecationWarning", "FutureWarning", "[WARNING] [real_accelerator",
+    "Setting ds_accelerator", "[INFO] [", "Gracefully aborting",
+)
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") == "1"
+
+
+def quiet_libraries() -> None:
+    """Silence the known noise in this process (no-op in verbose mode)."""
+    if is_verbose():
+        return
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:  # transformers keeps its own verbosity
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - not installed / not importable: nothing to quiet
+        pass
+
+
+def worker_setup_hook() -> None:
+    """Ray's ``worker_process_setup_hook``: every worker process is as quiet as the driver."""
+    quiet_libraries()
+
+
+def setup_console(verbose: bool = False) -> None:
+    """Logging for a job's driver: one short line per message; the noise silenced unless
+    ``verbose``. Call before Ray starts, so a local cluster's workers inherit the environment."""
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            datefmt="%H:%M:%S", stream=sys.stderr)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("afmrl").setLevel(logging.INFO)
+    quiet_libraries()
+
+
+def ray_runtime_env() -> dict[str, Any]:
+    """The job-level runtime_env that makes Ray's workers quiet (empty when verbose)."""
+    if is_verbose():
+        return {}
+    return {"worker_process_setup_hook": "afmrl.utils.console.worker_setup_hook",
+            "env_vars": {VERBOSE_ENV: "0", **QUIET_ENV}}
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes \
+        else f"{secs}s"
+
+
+class StageClock:
+    """Stage start/end lines with elapsed time and the ETA of the stages still to run.
+
+    ``estimates`` maps a stage to its expected seconds (measured on this machine for the
+    profile); stages that finish update the ETA with real timings.
+    """
+
+    def __init__(self, stages: Sequence[str], estimates: dict[str, float] | None = None,
+                 emit: Callable[[str], None] | None = None):
+        self.stages = list(stages)
+        self.estimates = dict(estimates or {})
+        self.started = time.monotonic()
+        self.emit = emit or log.info
+        self._stage_started = 0.0
+
+    def _eta(self, after: int) -> str:
+        remaining = [self.estimates.get(s) for s in self.stages[after:]]
+        if not remaining:
+            return "nothing left"
+        if any(r is None for r in remaining):
+            return "ETA unknown"
+        return f"ETA {format_seconds(sum(remaining))} for the remaining stages"
+
+    def start(self, stage: str) -> None:
+        number = self.stages.index(stage) + 1
+        self._stage_started = time.monotonic()
+        guess = self.estimates.get(stage)
+        expect = f" (expect ~{format_seconds(guess)})" if guess else ""
+        self.emit(f"[{number}/{len(self.stages)}] {stage} started{expect}; "
+                  f"elapsed {format_seconds(time.monotonic() - self.started)}")
+
+    def skip(self, stage: str) -> None:
+        number = self.stages.index(stage) + 1
+        self.estimates[stage] = 0.0
+        self.emit(f"[{number}/{len(self.stages)}] {stage}: done earlier, skipped")
+
+    def end(self, stage: str) -> float:
+        number = self.stages.index(stage) + 1
+        seconds = time.monotonic() - self._stage_started
+        self.estimates[stage] = seconds
+        self.emit(f"[{number}/{len(self.stages)}] {stage} finished in {format_seconds(seconds)}; "
+                  f"elapsed {format_seconds(time.monotonic() - self.started)}; "
+                  f"{self._eta(number)}")
+        return seconds
+
+
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
+             unit: str = "it", disable: bool = False) -> Any:
+    """A tqdm bar on stderr, redrawn at most every 2 s (log-friendly when piped)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=2.0,
+                disable=disable, file=sys.stderr, dynamic_ncols=True)
+
+
+class TrainProgress:
+    """A training loop's progress line (step, loss, samples/s, ETA), at most every
+    ``every_s`` seconds, printed by rank 0 (Ray forwards worker output to the driver)."""
+
+    def __init__(self, name: str, total_steps: int, first_step: int, world_size: int,
+                 every_s: float = 10.0):
+        self.name, self.total, self.world = name, max(total_steps, 1), world_size
+        self.first_step, self.every_s = first_step, every_s
+        self.started = self.last = time.monotonic()
+        self.samples = 0
+
+    def update(self, epoch: int, epochs: int, step: int, losses: Sequence[float],
+               batch_size: int) -> None:
+        self.samples += batch_size * self.world
+        now = time.monotonic()
+        if now - self.last < self.every_s and step < self.total:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = max(step - self.first_step, 1)
+        eta = (self.total - step) * elapsed / done
+        recent = losses[-10:]
+        loss = sum(recent) / max(len(recent), 1)
+        print(f"{self.name}: epoch {epoch + 1}/{epochs} step {step}/{self.total} "
+              f"({100 * step / self.total:.0f}%) loss {loss:.4f} "
+              f"{self.samples / max(elapsed, 1e-9):.1f} samples/s ETA {format_seconds(eta)}",
+              flush=True)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A short aligned text table of metric rows (floats to 3 decimals)."""
+    if not rows:
+        return "(no results)"
+    columns = list(columns or rows[0].keys())
+
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) reached the driver: stop, save, clean up."""
+
+
+def install_interrupt_handler() -> None:
+    """Our own SIGINT/SIGTERM handler in the driver's main thread.
+
+    Ray Train installs a handler of its own in the driver ("Received SIGINT. Gracefully
+    aborting the training run") that swallows Ctrl-C once training is over; calling this after
+    each stage puts ours back, so Ctrl-C always raises ``Interrupted`` where the driver is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    _own_ray_train_sigint()
+
+
+def _own_ray_train_sigint() -> None:
+    """Ray Train's ``fit()`` registers a driver SIGINT handler that aborts the run and then
+    exits with status 0 from wherever the driver is, or swallows the signal. Ours aborts the run
+    the same way (its controller's ``abort``), then raises ``Interrupted``, so the job's cleanup
+    runs and the exit status says it was interrupted."""
+    try:
+        import ray
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    except ImportError:
+        return
+
+    def register(trainer: Any, controller: Any) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            log.info("interrupted: aborting the training run")
+            try:
+                ray.get(controller.abort.remote(), timeout=15)
+            except Exception:  # noqa: BLE001 - the controller exits while aborting
+                pass
+            raise Interrupted(f"stopped by {signal.Signals(signum).name} during training")
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    DataParallelTrainer._register_sigint_handler = register
+
+
+def noise_lines(lines: Iterable[str], markers: Sequence[str] = NOISE_MARKERS) -> Iterator[str]:
+    """The lines that contain a known noise marker (what the console test looks for)."""
+    return (line for line in lines if any(m in line for m in markers))

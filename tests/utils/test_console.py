@@ -1,0 +1,81 @@
+"""The console: stage lines with elapsed time and ETA, progress lines, tables, noise silenced at
+its source (and back with --verbose), and Ctrl-C that reaches our handler."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from afmrl.utils.console import (Interrupted, StageClock, TrainProgress, format_seconds,
+                                 format_table, install_interrupt_handler, noise_lines)
+
+
+def test_stage_lines_carry_elapsed_time_and_the_eta_of_the_remaining_stages():
+    lines = []
+    clock = StageClock(["extract", "train", "serve"], {"extract": 60, "train": 600, "serve": 30},
+                       emit=lines.append)
+    clock.start("extract")
+    clock.end("extract")
+    clock.skip("train")
+    assert lines[0].startswith("[1/3] extract started (expect ~1m00s); elapsed 0s")
+    assert lines[1].startswith("[1/3] extract finished in 0s; elapsed 0s")
+    assert lines[1].endswith("ETA 10m30s for the remaining stages")
+    assert lines[2] == "[2/3] train: done earlier, skipped"
+    unknown = StageClock(["a", "b"], {}, emit=lines.append)
+    unknown.start("a")
+    unknown.end("a")
+    assert lines[-1].endswith("ETA unknown")
+
+
+def test_format_seconds_and_tables():
+    assert [format_seconds(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
+    table = format_table([{"model": "agcl", "recall_at_1": 0.1234}, {"model": "infonce",
+                                                                     "recall_at_1": 0.5}])
+    assert table.splitlines() == ["model    recall_at_1", "-------  -----------",
+                                  "agcl     0.123      ", "infonce  0.500      "]
+
+
+def test_train_progress_prints_step_loss_rate_and_eta(capsys):
+    progress = TrainProgress("AGCL agcl", total_steps=4, first_step=0, world_size=2, every_s=0)
+    progress.update(0, 2, 1, [2.0, 1.0], batch_size=8)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("AGCL agcl: epoch 1/2 step 1/4 (25%) loss 1.5000 ")
+    assert "samples/s ETA" in line
+
+
+QUIET_FAISS = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr);"
+               "from afmrl.utils.console import setup_console; setup_console({verbose}); "
+               "import faiss; import warnings; warnings.warn('the PreemptionWatcher argument x')")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_noise_is_silenced_at_its_source_and_back_with_verbose(verbose):
+    done = subprocess.run([sys.executable, "-c", QUIET_FAISS.format(verbose=verbose)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    noise = list(noise_lines(done.stderr.splitlines()))
+    if verbose:
+        assert any("faiss" in line.lower() for line in noise)
+        assert any("PreemptionWatcher" in line for line in noise)
+    else:
+        assert noise == []
+
+
+def test_ctrl_c_raises_interrupted_even_after_ray_train_registered_its_handler():
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        install_interrupt_handler()
+        with pytest.raises(Interrupted):
+            signal.raise_signal(signal.SIGINT)
+        # What fit() does: our replacement registers a handler that raises, not one that
+        # swallows the signal or exits 0.
+        DataParallelTrainer._register_sigint_handler(None, controller=None)
+        with pytest.raises(Interrupted, match="during training"):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
