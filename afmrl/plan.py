@@ -17,8 +17,8 @@ from typing import Sequence
 from afmrl.config import AfmrlConfig
 from afmrl.utils.device import Placement, stage_placements
 
-# Pipeline stages -> what each holds at once ("cit" re-extracts, then retrains the embedder).
-_PLANNED = {"extract": ("extract",), "train": ("train",), "rar": ("rar",),
+# Pipeline stages -> their steps, one after another ("cit" re-extracts, then retrains).
+_PLANNED = {"extract": ("sft", "extract"), "train": ("train",), "rar": ("rar",),
             "cit": ("extract", "train"), "index": ("index",), "serve": ("serve",)}
 
 
@@ -43,7 +43,7 @@ def resource_plan(config: AfmrlConfig, stages: Sequence[str] | None = None,
     runs the AttributeGenerator deployment (query enrichment)."""
     plans = []
     for stage in stages if stages is not None else config.stages:
-        steps = _PLANNED[stage]
+        steps = [s for s in _PLANNED[stage] if s != "sft" or config.extract.sft_steps]
         for step in steps:
             name = f"{stage}/{step}" if len(steps) > 1 else stage
             plans.append(StagePlan(name, tuple(stage_placements(config, step, with_generator))))

@@ -29,8 +29,8 @@ SERVE_SHARD_CPUS = 0.25    # per index shard actor of each Serve Retriever repli
 # fits the 4 logical CPUs of the local profile.
 REPLICA_CPUS = {"Embedder": 0.5, "AttributeGenerator": 0.5, "Retriever": 0.1,
                 "SearchIngress": 0.1}
-# What the stages of `afmrl pipeline` run (and `afmrl plan` lists), in order.
-PLAN_STAGES = ("extract", "train", "rar", "index", "serve")
+# The steps `afmrl plan` knows; each holds its placements at once, steps run one after another.
+PLAN_STEPS = ("sft", "extract", "train", "rar", "index", "serve")
 
 
 class DeviceUnavailable(RuntimeError):
@@ -176,10 +176,12 @@ def serve_deployment(config: AfmrlConfig, name: str) -> Placement:
 
 def stage_placements(config: AfmrlConfig, stage: str, with_generator: bool = True
                      ) -> list[Placement]:
-    """Everything a stage holds at once (the pre-flight and ``afmrl plan`` use this)."""
+    """Everything one step of a stage holds at once (the pre-flight and ``afmrl plan`` use
+    this): 'sft' (distillation), 'extract', 'train', 'rar', 'index' or 'serve'."""
+    if stage == "sft":
+        return [sft_workers(config)]
     if stage == "extract":
-        return [extraction_actors(config.extract)] + (
-            [sft_workers(config)] if config.extract.sft_steps else [])
+        return [extraction_actors(config.extract)]
     if stage == "train":
         return [agcl_workers(config)]
     if stage == "rar":
@@ -189,7 +191,7 @@ def stage_placements(config: AfmrlConfig, stage: str, with_generator: bool = Tru
         return [inference_embedder(config, "index"), index_shards(config)]
     if stage == "serve":
         return serve_deployments(config, with_generator)
-    raise ValueError(f"unknown stage {stage!r}; choose from {list(PLAN_STAGES)}")
+    raise ValueError(f"unknown stage {stage!r}; choose from {list(PLAN_STEPS)}")
 
 
 # -- inside the process -------------------------------------------------------------------------

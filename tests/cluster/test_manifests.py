@@ -4,9 +4,11 @@ Every manifest is checked the way the cluster would check it: against the real K
 schemas (../shared/kuberay, OpenAPI v3 converted to JSON Schema, unknown fields rejected as
 `kubectl apply`'s strict field validation does), Kubernetes' own schemas (kubernetes-validate) and
 KubeRay's naming rules. Then against the code it launches: the RayJob entry points and configs
-exist, each stage's Ray resource request (from afmrl.config) fits the cluster its RayJob creates,
-and the RayService's Serve config passes Ray's schema, names the deployments the code defines and
-fits its cluster. The manifests are hand-written; these checks are what keeps them true.
+exist, each stage's Ray resource plan (``afmrl.plan.resource_plan``: the placements the code
+creates its actors, workers and deployments with) fits the cluster its RayJob creates, and the
+RayService's Serve config is the generator's output for configs/gpu.yaml, passes Ray's schema,
+names the deployments the code defines and its plan fits its cluster. The manifests are
+hand-written (the serve config generated); these checks are what keeps them true.
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from afmrl.config import load_config
+from afmrl.layout import RunLayout
+from afmrl.plan import resource_plan
+from afmrl.serve.config_gen import SearchAppArgs
+from afmrl.serve.config_gen import serve_config as generated_serve_config
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERAY = REPO.parent / "shared" / "kuberay"
@@ -41,7 +47,7 @@ RAY_JOBS = [(path, doc) for path, doc in RAY_DOCS if doc["kind"] == "RayJob"]
 RAY_SERVICES = [(path, doc) for path, doc in RAY_DOCS if doc["kind"] == "RayService"]
 LAUNCHERS = RAY_JOBS + RAY_SERVICES  # the manifests that run afmrl code with a config
 
-# The Ray resources each stage of a job holds at once (jobs run their stages one after another).
+# The pipeline stages each job runs (one after another; resource_plan splits them into steps).
 STAGES_OF_JOB = {"extract_attributes": ("extract",), "stage1": ("train",), "stage2": ("rar",),
                  "cit": ("extract", "train", "rar")}
 SERVE_DEPLOYMENTS = {"Embedder", "Retriever", "AttributeGenerator", "SearchIngress"}
@@ -149,11 +155,12 @@ def pod_templates(doc: dict) -> list[tuple[str, dict]]:
 
 def pod_ray_resources(group: dict) -> dict[str, float]:
     """What `ray start` advertises in a group's pods: rayStartParams, else what KubeRay derives
-    from the Ray container's limits (CPUs rounded up)."""
+    from the Ray container's limits (CPUs rounded up; memory = the memory limit)."""
     params = group.get("rayStartParams", {})
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     return {"CPU": float(params.get("num-cpus", math.ceil(quantity(limits["cpu"])))),
-            "GPU": float(params.get("num-gpus", quantity(limits.get(GPU, 0))))}
+            "GPU": float(params.get("num-gpus", quantity(limits.get(GPU, 0)))),
+            "memory": float(params.get("memory", quantity(limits["memory"])))}
 
 
 def cluster_pods(doc: dict) -> list[dict[str, float]]:
@@ -176,20 +183,14 @@ def fits(bundles: list[dict[str, float]], pods: list[dict[str, float]]) -> bool:
     return True
 
 
-def stage_bundles(config, stage: str) -> list[dict[str, float]]:
-    """The actors/workers a stage starts, as Ray resource bundles (the contract in afmrl.config)."""
-    if stage == "extract":
-        ex = config.extract
-        return [{"CPU": ex.cpus_per_actor, "GPU": ex.gpus_per_actor}] * ex.num_actors
-    if stage == "train":
-        tr = config.train
-        return [{"CPU": tr.cpus_per_worker, "GPU": float(tr.use_gpu)}] * tr.num_workers
-    # "rar": Ray Train's default of one CPU per GRPO worker; TRL's vLLM server mode runs the
-    # rollout engine on a GPU of its own.
-    rl = config.rl
-    server = rl.rollout_engine == "vllm" and rl.vllm_mode == "server"
-    return ([{"CPU": 1.0, "GPU": float(rl.use_gpu)}] * rl.num_workers
-            + [{"CPU": 1.0, "GPU": 1.0}] * server)
+def step_bundles(plan) -> list[dict[str, float]]:
+    """One Ray resource bundle per actor / worker / replica a step of ``afmrl plan`` creates."""
+    return [placement.bundle() for placement in plan.placements
+            for _ in range(placement.count)]
+
+
+def describe(plan) -> str:
+    return ", ".join(f"{p.count} x {p.component} {p.bundle()}" for p in plan.placements)
 
 
 def parse_entrypoint(entrypoint: str) -> tuple[str, str, list[str]]:
@@ -198,15 +199,6 @@ def parse_entrypoint(entrypoint: str) -> tuple[str, str, list[str]]:
     assert len(argv) >= 4 and argv[0] == "python" and argv[2] == "--config", (
         f"entrypoint {entrypoint!r} must read 'python jobs/<x>.py --config <file> [key=value ...]'")
     return argv[1], argv[3], argv[4:]
-
-
-def manifest_config(doc: dict):
-    """The afmrl config a RayJob's entrypoint (overrides applied) or a RayService's app loads."""
-    if doc["kind"] == "RayJob":
-        _, config_path, overrides = parse_entrypoint(doc["spec"]["entrypoint"])
-        return load_config(REPO / config_path, overrides)
-    app, = serve_config(doc)["applications"]
-    return load_config(REPO / app["args"]["config_path"])
 
 
 def cluster_file(name: str) -> str:
@@ -519,12 +511,24 @@ def test_rayjob_stages_fit_their_cluster(path, doc):
     job = PurePosixPath(script).stem
     assert job in STAGES_OF_JOB, f"add the stages of {script} to STAGES_OF_JOB"
     pods = cluster_pods(doc)
-    for stage in STAGES_OF_JOB[job]:
-        bundles = stage_bundles(config, stage)
-        assert fits(bundles, pods), (
-            f"{path.name}: stage {stage} asks for {len(bundles)} x {bundles[0]} (CPU/GPU per "
-            f"actor or worker) but the cluster's pods offer at most {pods}; resize the worker "
-            f"groups or the entrypoint overrides together")
+    for plan in resource_plan(config, STAGES_OF_JOB[job]):
+        assert fits(step_bundles(plan), pods), (
+            f"{path.name}: step {plan.stage} of `afmrl plan` creates {describe(plan)} but the "
+            f"cluster's pods offer at most {pods}; resize the worker groups or the entrypoint "
+            f"overrides together")
+
+
+def test_autoscaling_cluster_holds_every_step_of_the_gpu_plan():
+    """The long-lived cluster's groups at maxReplicas hold each step of `afmrl plan` for
+    configs/gpu.yaml (the steps run one after another), GPU workers included."""
+    doc = yaml.safe_load((CLUSTER / "k8s" / "raycluster.autoscaling.yaml").read_text())
+    pods = cluster_pods(doc)
+    plans = resource_plan(load_config(REPO / "configs" / "gpu.yaml"))
+    assert max(plan.total["GPU"] for plan in plans) > 0
+    for plan in plans:
+        assert fits(step_bundles(plan), pods), (
+            f"raycluster.autoscaling.yaml: step {plan.stage} creates {describe(plan)}; raise "
+            f"the maxReplicas of its worker groups")
 
 
 @pytest.mark.parametrize(("path", "doc"), LAUNCHERS, ids=ids(LAUNCHERS))
@@ -602,22 +606,45 @@ def test_deployment_names_are_read_from_decorators():
     assert deployment_names_in_code(source) == {"A", "B", "E"}
 
 
-@pytest.mark.parametrize(("path", "doc"), RAY_SERVICES, ids=ids(RAY_SERVICES))
-def test_serve_replicas_follow_the_config_and_fit_the_cluster(path, doc):
+def app_args(doc: dict) -> SearchAppArgs:
     app, = serve_config(doc)["applications"]
+    return SearchAppArgs.model_validate(app["args"])
+
+
+def manifest_config(doc: dict):
+    """The afmrl config a RayJob's entrypoint (overrides applied) or a RayService's app loads."""
+    if doc["kind"] == "RayJob":
+        _, config_path, overrides = parse_entrypoint(doc["spec"]["entrypoint"])
+        return load_config(REPO / config_path, overrides)
+    args = app_args(doc)
+    return load_config(REPO / args.config_path, args.overrides)
+
+
+@pytest.mark.parametrize(("path", "doc"), RAY_SERVICES, ids=ids(RAY_SERVICES))
+def test_serve_config_is_the_generators_output(path, doc):
+    """serveConfigV2 is what afmrl.serve.config_gen writes for its args: the deployments the app
+    builder creates (AttributeGenerator only with a generator) with the resources of
+    afmrl.utils.device. Regenerate it with the command in the manifest's comment."""
+    args = app_args(doc)
+    assert serve_config(doc) == generated_serve_config(manifest_config(doc), args), (
+        f"{path.name}: serveConfigV2 is stale; regenerate it with `python -m "
+        f"afmrl.serve.config_gen --config {args.config_path} --generator {args.generator}`")
+    assert args.generator == str(in_image(RunLayout.of(manifest_config(doc)).generator_rar)), (
+        f"{path.name}: serve the RAR generator the pipeline writes")
+
+
+@pytest.mark.parametrize(("path", "doc"), RAY_SERVICES, ids=ids(RAY_SERVICES))
+def test_serve_plan_fits_the_cluster(path, doc):
+    """Every deployment at max_replicas plus each Retriever replica's index shards (the serve
+    step of `afmrl plan`) fits the worker groups at maxReplicas; the minimum fits minReplicas."""
     config = manifest_config(doc)
-    assert app["args"]["run_dir"] == str(in_image(config.run_path)), (
-        f"{path.name}: args.run_dir must be the config's run_dir inside the image")
-    options = {d["name"]: d["ray_actor_options"] for d in app["deployments"]}
-    assert (options["Retriever"].get("num_gpus", 0) > 0) == config.index.use_gpu, (
-        f"{path.name}: the Retriever needs a GPU share exactly when index.use_gpu is set")
-    bounds = {d["name"]: d["autoscaling_config"] for d in app["deployments"]}
-    assert bounds["Embedder"]["min_replicas"] == config.serve.embed_replicas
-    assert {b["max_replicas"] for b in bounds.values()} == {config.serve.max_replicas}, (
-        f"{path.name}: every deployment's max_replicas is serve.max_replicas "
-        f"({config.serve.max_replicas}) of {app['args']['config_path']}")
-    bundles = [{"CPU": d["ray_actor_options"]["num_cpus"],
-                "GPU": d["ray_actor_options"].get("num_gpus", 0.0)}
-               for d in app["deployments"] for _ in range(d["autoscaling_config"]["max_replicas"])]
-    assert fits(bundles, cluster_pods(doc)), (
-        f"{path.name}: the deployments at max_replicas do not fit the worker groups' maxReplicas")
+    plan, = resource_plan(config, ["serve"], with_generator=app_args(doc).generator is not None)
+    assert fits(step_bundles(plan), cluster_pods(doc)), (
+        f"{path.name}: the serve step creates {describe(plan)}; the worker groups' maxReplicas "
+        f"cannot hold it")
+    floor = config.serve.embed_replicas / config.serve.max_replicas
+    minimum = [dict(b) for p in plan.placements for b in [p.bundle()]
+               for _ in range(math.ceil(p.count * floor))]
+    min_pods = [pod_ray_resources(group) for name, group in groups(doc)
+                for _ in range(1 if name == "head" else group["minReplicas"])]
+    assert fits(minimum, min_pods), f"{path.name}: minReplicas cannot hold one of each replica"
