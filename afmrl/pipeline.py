@@ -141,6 +141,7 @@ class Pipeline:
         import mlflow
 
         from afmrl.doctor import estimate_stage_seconds
+        from afmrl.report import build_report
         from afmrl.tracking import Tracker
 
         tracker = Tracker(self.config)
@@ -165,6 +166,7 @@ class Pipeline:
             table = self.results_table()
             if table is not None:
                 table.log(tracker, table.write(self.layout.results))
+            tracker.log_artifact(build_report(self.config, self.catalog), "report")
             return {"parent_run_id": parent.info.run_id,
                     "results": table.rows if table is not None else [],
                     "results_markdown": table.markdown() if table is not None else "",
