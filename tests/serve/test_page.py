@@ -45,3 +45,41 @@ def test_a_query_renders_result_cards(chromium, live_app, tmp_path):
         for key, value in hit["attributes"].items():
             assert f"<li>{key}: {value}</li>" in card
     assert re.search(r'<div id="status" role="status"[^>]*>5 results in \d+ ms', dom)
+
+
+def test_cards_explain_why_and_show_the_generated_query_attributes(chromium, live_app,
+                                                                   tmp_path):
+    """Enrichment is on by default (the app has a generator): the page shows what the generator
+    wrote, and each card's "why this result" holds its score and the attributes it shares with
+    the query. A screenshot is kept as a test artifact."""
+    import os
+
+    from afmrl.config import REPO_ROOT
+
+    body = requests.post(f"{live_app.url}/search", json={"text": "apple juice", "k": 4},
+                         timeout=60).json()
+    assert body["query_attributes"], "enrichment is on by default with a generator"
+    dom = rendered_dom(chromium, f"{live_app.url}/?q=apple+juice&k=4", tmp_path / "dom")
+    understood = re.search(r'<div id="understood">(.*?)</div>', dom, re.S).group(1)
+    for key, value in body["query_attributes"].items():
+        assert f"<span>{key}: {value}</span>" in understood
+    cards = re.findall(r'<article class="result" data-item-id="([^"]+)">(.*?)</article>', dom,
+                       re.S)
+    assert [item_id for item_id, _ in cards] == [hit["item_id"] for hit in body["hits"]]
+    for (_, card), hit in zip(cards, body["hits"]):
+        assert "<summary>why this result</summary>" in card
+        assert f"<td>score</td><td>{hit['score']:.3f}</td>" in card
+        shared = [f"{k}: {v}" for k, v in hit["attributes"].items()
+                  if body["query_attributes"].get(k) == v]
+        assert f"<td>shared attributes</td><td>{'; '.join(shared) or 'none'}</td>" in card
+
+    artifacts = Path(os.environ.get("AFMRL_TEST_ARTIFACTS", REPO_ROOT / "runs" / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "search_page.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'shot'}", "--hide-scrollbars",
+                    "--window-size=1200,900", "--virtual-time-budget=30000",
+                    f"--screenshot={shot}", f"{live_app.url}/?q=apple+juice&k=8"],
+                   capture_output=True, timeout=180, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
