@@ -39,22 +39,6 @@ def _print_summary(pipeline, summary) -> None:
               f"application/json' -d '{{\"text\": \"orange juice\", \"k\": 5}}'")
 
 
-def _stop(started_ray: bool) -> None:
-    """Stop what this job started: the search app and (only) the local cluster it owns."""
-    import ray
-
-    if not ray.is_initialized():
-        return
-    try:
-        from ray import serve
-
-        serve.shutdown()
-    except Exception as error:  # noqa: BLE001 - Serve never started or is already gone
-        print(f"(search app: {type(error).__name__})", file=sys.stderr)
-    if started_ray:
-        ray.shutdown()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--no-wait", action="store_true",
@@ -72,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from afmrl.pipeline import Pipeline
-    from afmrl.utils.console import Interrupted, install_interrupt_handler
+    from afmrl.serve.launch import stop_serving, wait_for_interrupt
+    from afmrl.utils.console import install_interrupt_handler
     from afmrl.utils.ray_utils import init_ray
 
     install_interrupt_handler()
@@ -83,16 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = pipeline.run()
         _print_summary(pipeline, summary)
         if summary["endpoint"] and not args.no_wait:
-            import time
-
             print("serving; Ctrl-C to stop", flush=True)
-            install_interrupt_handler()
-            while True:
-                time.sleep(3600)
-    except (Interrupted, KeyboardInterrupt) as stop:
+            wait_for_interrupt()
+    except KeyboardInterrupt as stop:  # Ctrl-C / SIGTERM (afmrl.utils.console.Interrupted)
         print(f"\ninterrupted ({stop or 'Ctrl-C'}): stopping the search app and Ray; finished "
               f"stages are saved, rerun the same command to resume", file=sys.stderr, flush=True)
-        _stop(started_ray)
+        stop_serving(started_ray)
         return 130
     return 0
 

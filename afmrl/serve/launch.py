@@ -53,16 +53,39 @@ def curl_example(url: str, serve: ServeConfig) -> str:
     return f"curl -s -X POST {url}/search -H 'Content-Type: application/json'{auth} -d {body}"
 
 
-def wait_until_interrupted() -> None:
-    """Keep the driver (and a local cluster it started) alive until Ctrl-C, then stop Serve."""
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C / SIGTERM, which raise here (``afmrl.utils.console`` handler, put
+    back in case a library replaced it)."""
+    from afmrl.utils.console import install_interrupt_handler
+
+    install_interrupt_handler()
+    while True:
+        time.sleep(3600)
+
+
+def stop_serving(stop_ray: bool) -> None:
+    """Shut the search app down and, with ``stop_ray``, the local cluster this process started
+    (never other clusters: no `ray stop`)."""
+    import ray
     from ray import serve
 
+    if not ray.is_initialized():
+        return
     try:
-        while True:
-            time.sleep(3600)
+        serve.shutdown()
+    except Exception as error:  # noqa: BLE001 - Serve never started or is already gone
+        log.info("search app: %s", type(error).__name__)
+    if stop_ray:
+        ray.shutdown()
+
+
+def wait_until_interrupted(stop_ray: bool = False) -> None:
+    """Keep the driver (and a local cluster it started) alive until Ctrl-C, then stop Serve."""
+    try:
+        wait_for_interrupt()
     except KeyboardInterrupt:
         log.info("stopping the search app")
-        serve.shutdown()
+        stop_serving(stop_ray)
 
 
 def launch(config: AfmrlConfig, index_dir: str | Path, generator_path: str | Path | None,
