@@ -33,7 +33,7 @@ from afmrl.layout import RunLayout
 from afmrl.tracking import WorkerMetricLogger
 from afmrl.eval.protocol import EvalSet
 from afmrl.train.data import PairSet
-from afmrl.utils.console import TrainProgress
+from afmrl.utils.console import TrainProgress, metrics_table
 from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
@@ -229,8 +229,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             logger.log(epoch_metrics, step)
             # Ray Train v2 keeps no metrics reported without a checkpoint: the driver reads this.
             atomic_write_json(out_dir / METRICS_FILE, epoch_metrics)
-            log.info("AGCL epoch %d: %s", epoch, {k: round(v, 4) for k, v in
-                                                   epoch_metrics.items()})
+            print(f"AGCL {loop_config['tag']}: epoch {epoch + 1}/{train.epochs} done\n"
+                  + metrics_table(epoch_metrics), flush=True)
 
     params = list(module.parameters())
     gather = deepspeed.zero.GatheredParameters(params) if train.zero_stage == 3 else None

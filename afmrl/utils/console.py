@@ -225,6 +225,26 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     return "\n".join(lines)
 
 
+def metrics_table(metrics: dict[str, float], columns: Sequence[str] = (
+        "recall_at_1", "recall_at_5", "recall_at_10", "map_at_10",
+        "within_group/recall_at_1")) -> str:
+    """Eval metrics keyed '<benchmark>/<metric>' as a short table (a row per benchmark), after
+    the plain values (loss, throughput) on one line."""
+    plain = {k: v for k, v in metrics.items() if "/" not in k}
+    rows: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        benchmark, _, metric = key.partition("/")
+        if metric in columns:
+            rows.setdefault(benchmark, {"benchmark": benchmark})[metric] = float(value)
+    line = "  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in plain.items())
+    if not rows:
+        return line
+    present = [c for c in columns if any(c in r for r in rows.values())]
+    table = format_table(list(rows.values()), ["benchmark", *present])
+    return line + "\n" + "\n".join("  " + row for row in table.splitlines())
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) reached the driver: stop, save, clean up."""
 

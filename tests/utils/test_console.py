@@ -79,3 +79,16 @@ def test_ctrl_c_raises_interrupted_even_after_ray_train_registered_its_handler()
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_eval_metrics_print_as_a_table_per_benchmark():
+    from afmrl.utils.console import metrics_table
+
+    text = metrics_table({"train_loss_epoch": 1.25, "test/recall_at_1": 0.1,
+                          "test/recall_at_5": 0.3, "pricerunner/recall_at_1": 0.45,
+                          "test/mrr": 0.2})
+    lines = [line.rstrip() for line in text.splitlines()]
+    assert lines[0] == "  train_loss_epoch 1.25"
+    assert lines[1].split() == ["benchmark", "recall_at_1", "recall_at_5"]
+    assert lines[3].split() == ["test", "0.100", "0.300"]
+    assert lines[4].split() == ["pricerunner", "0.450"]
