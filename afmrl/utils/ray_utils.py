@@ -28,7 +28,7 @@ def init_ray(config: RayConfig) -> dict[str, float]:
     """Join ``config.address`` / $RAY_ADDRESS, or start a local cluster; return its resources."""
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        from afmrl.utils.console import ray_runtime_env
+        from afmrl.utils.console import quiet_libraries, ray_runtime_env
 
         kwargs: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True,
                                   "runtime_env": ray_runtime_env()}
@@ -38,6 +38,7 @@ def init_ray(config: RayConfig) -> dict[str, float]:
             num_cpus = config.num_cpus or max(4, 2 * (os.cpu_count() or 1))
             ray.init(num_cpus=num_cpus, include_dashboard=config.dashboard,
                      dashboard_host="127.0.0.1", **kwargs)
+        quiet_libraries()  # Ray configures its loggers when it starts: quiet them again
     return dict(ray.cluster_resources())
 
 
