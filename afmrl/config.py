@@ -176,6 +176,9 @@ class TrainConfig:
     temperature: float = doc("InfoNCE temperature tau (initial value if learnable).", 0.05)
     learn_temperature: bool = doc("Learn tau (as log 1/tau) instead of fixing it.", False)
     attribute_weights: bool = doc("AGCL: weight negatives by exp(1 + tanh(BM25)).", True)
+    positive_weight: Literal["bm25", "one"] = doc(
+        "AGCL weight of the positive term: 'bm25' = exp(1 + tanh(BM25_ii)) as in the paper, "
+        "'one' = 1 (weights on negatives only; the ablation).", "bm25")
     false_negative_filter: bool = doc(
         "AGCL: drop negatives sharing the product id or beating the positive by > margin.", True)
     false_negative_margin: float = doc("delta: a negative with s_ij > s_ii + delta is dropped.",

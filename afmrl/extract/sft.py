@@ -88,6 +88,35 @@ def teacher_examples(catalog: pd.DataFrame, keys: Sequence[str],
     return examples
 
 
+def answer_only_labels(input_ids, attention_mask, prompt_lengths):
+    """Labels for causal-LM SFT: the token ids, with -100 (ignored by the loss) on every prompt
+    token (system/user turns, image placeholders and pads, the assistant header) and on padding.
+
+    input_ids/attention_mask: (b, n) right-padded prompt+answer; prompt_lengths: (b,) tokens of
+    each row's prompt alone (its attention-mask sum). Pure, so any SFT loop can reuse it.
+    """
+    import torch
+
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+    is_prompt = positions < prompt_lengths.to(input_ids.device)[:, None]
+    return input_ids.masked_fill(is_prompt | (attention_mask == 0), -100)
+
+
+def sft_batch(prompter: Prompter, examples: Sequence[SFTExample], keys: Sequence[str]) -> dict:
+    """Model inputs for (prompt, teacher JSON) pairs, with ``labels`` set on the answer only."""
+    images = [prompter.image(ex.item) for ex in examples]
+    users = [extraction_request(ex.item, keys) for ex in examples]
+    full = [prompter.chat(u, img is not None, answer=ex.target)
+            for u, img, ex in zip(users, images, examples)]
+    prompts = [prompter.chat(u, img is not None) for u, img in zip(users, images)]
+    inputs = prompter.model_inputs(full, images, padding_side="right")
+    prompt_lengths = prompter.model_inputs(prompts, images,
+                                           padding_side="right")["attention_mask"].sum(1)
+    inputs["labels"] = answer_only_labels(inputs["input_ids"], inputs["attention_mask"],
+                                          prompt_lengths)
+    return inputs
+
+
 def sft_generator(base_path: str | Path, out_path: str | Path, examples: Sequence[SFTExample],
                   keys: Sequence[str], steps: int, batch_size: int = 8, lr: float = 2e-3,
                   image_size: int = 224, seed: int = 0, tracker=None) -> Path:
@@ -110,19 +139,7 @@ def sft_generator(base_path: str | Path, out_path: str | Path, examples: Sequenc
                                                    pct_start=0.1)
     for step in tqdm(range(steps), desc="sft generator"):
         batch = rng.sample(list(examples), min(batch_size, len(examples)))
-        images = [prompter.image(ex.item) for ex in batch]
-        users = [extraction_request(ex.item, keys) for ex in batch]
-        full = [prompter.chat(u, img is not None, answer=ex.target)
-                for u, img, ex in zip(users, images, batch)]
-        prompts = [prompter.chat(u, img is not None) for u, img in zip(users, images)]
-        inputs = prompter.model_inputs(full, images, padding_side="right")
-        prompt_lens = [len(ids) for ids in prompter.model_inputs(
-            prompts, images, padding_side="right")["attention_mask"].sum(1, keepdim=True)]
-        labels = inputs["input_ids"].clone()
-        labels[inputs["attention_mask"] == 0] = -100
-        for row, length in enumerate(prompt_lens):
-            labels[row, :int(length)] = -100
-        loss = model(**inputs, labels=labels).loss
+        loss = model(**sft_batch(prompter, batch, keys)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

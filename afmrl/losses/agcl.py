@@ -7,9 +7,12 @@ attribute text of item i), with s_ij = q_i . c_j on L2-normalised embeddings:
 
 * w_ij = exp(1 + tanh(BM25_ij)) for negatives: a negative whose attributes overlap the anchor's
   (same brand, same category) is a hard negative and weighs up to e^2, an unrelated one e^1.
-* w_ii = 1: the weight is a statement about negatives only. Since BM25 >= 0, every negative
-  weighs at least e, which acts like an additive margin of 1 + tanh(BM25_ij) on the negative's
-  scaled logit; a constant w_ii would only shift that margin, not add information.
+* w_ii = exp(1 + tanh(BM25_ii)) as in the paper (``positive_weight="bm25"``, the default), with
+  BM25_ii the score of the anchor's attribute text against its positive's (here the same item,
+  so the diagonal of the batch's BM25 matrix). An item with rich attributes gets w_ii near e^2,
+  one with none e^1, so the weight of the positive term scales with how much its attributes say.
+  ``positive_weight="one"`` keeps w_ii = 1 (the weights then speak about negatives only and act
+  like an additive margin of 1 + tanh(BM25_ij) on each negative's logit) for the ablation.
 * N_i drops likely false negatives before the softmax: another item of the same product (its
   image/text *is* a correct answer), and any candidate with s_ij > s_ii + delta (an unlabelled
   duplicate the model already ranks above the positive).
@@ -33,7 +36,8 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: 1/tau never exceeds 100
 
 class AGCLLoss(nn.Module):
     """AGCL with switchable parts, so the ablation (plain InfoNCE / + weights / + filtering) runs
-    through one function: ``attribute_weights=False`` sets every w to 1 and
+    through one function: ``attribute_weights=False`` sets every w to 1,
+    ``positive_weight="one"`` keeps the weights off the positive term and
     ``false_negative_filter=False`` keeps every negative.
 
     The temperature is held as log(1/tau) (a parameter if learnable, else a buffer) and clamped at
@@ -44,8 +48,11 @@ class AGCLLoss(nn.Module):
     def __init__(self, temperature: float = 0.05, learn_temperature: bool = False,
                  attribute_weights: bool = True, false_negative_filter: bool = True,
                  margin: float = 0.1, gather_negatives: bool = True,
-                 symmetric: bool = False) -> None:
+                 symmetric: bool = False, positive_weight: str = "bm25") -> None:
         super().__init__()
+        if positive_weight not in ("bm25", "one"):
+            raise ValueError(f"positive_weight {positive_weight!r} is not one of 'bm25' "
+                             "(w_ii = exp(1 + tanh(BM25_ii)), the paper) or 'one' (w_ii = 1)")
         if not temperature >= 1 / 100:
             raise ValueError(f"temperature {temperature} is below 0.01: 1/tau is clamped at 100 "
                              "(as in CLIP); use a temperature >= 0.01")
@@ -59,6 +66,7 @@ class AGCLLoss(nn.Module):
         self.margin = margin
         self.gather_negatives = gather_negatives
         self.symmetric = symmetric
+        self.positive_weight = positive_weight
 
     @classmethod
     def from_config(cls, config: TrainConfig, symmetric: bool = False) -> AGCLLoss:
@@ -66,7 +74,8 @@ class AGCLLoss(nn.Module):
                    attribute_weights=config.attribute_weights,
                    false_negative_filter=config.false_negative_filter,
                    margin=config.false_negative_margin,
-                   gather_negatives=config.gather_negatives, symmetric=symmetric)
+                   gather_negatives=config.gather_negatives, symmetric=symmetric,
+                   positive_weight=config.positive_weight)
 
     @property
     def temperature(self) -> float:
@@ -155,7 +164,8 @@ class AGCLLoss(nn.Module):
                 & ~is_positive
         logits = sim * scale
         if log_w is not None:
-            logits = logits + log_w.masked_fill(is_positive, 0.0)
+            logits = logits + (log_w.masked_fill(is_positive, 0.0)
+                               if self.positive_weight == "one" else log_w)
         logits = logits.masked_fill(dropped, float("-inf"))
         loss = (torch.logsumexp(logits, dim=1) - logits[rows, positives]).mean()
 

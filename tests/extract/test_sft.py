@@ -35,3 +35,30 @@ def test_sft_lowers_the_loss_and_saves_a_loadable_model(mini_catalog, tiny_gener
                         batch_size=4, lr=3e-3, tracker=tracker)
     assert tracker.values[-1] < 0.5 * tracker.values[0]
     AutoModelForImageTextToText.from_pretrained(str(out))
+
+
+def test_labels_cover_the_answer_tokens_only(mini_catalog, tiny_generator):
+    from afmrl.extract.sft import sft_batch
+    from afmrl.models.processor import Prompter, extraction_request
+
+    prompter = Prompter(tiny_generator, image_size=64)
+    examples = teacher_examples(mini_catalog, KEYS)[:3]
+    assert all(e.item.image_uri for e in examples)  # image placeholders are in every prompt
+    inputs = sft_batch(prompter, examples, KEYS)
+    image_pad = prompter.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    ids, labels, mask = inputs["input_ids"], inputs["labels"], inputs["attention_mask"]
+    assert (ids == image_pad).sum() > 0
+    assert (labels[ids == image_pad] == -100).all()
+    for row, example in enumerate(examples):
+        prompt = prompter.model_inputs(
+            [prompter.chat(extraction_request(example.item, KEYS), True)],
+            [prompter.image(example.item)],
+            padding_side="right")["input_ids"][0]
+        # The prompt is a prefix of prompt+answer: every prompt token is masked...
+        assert ids[row, :len(prompt)].tolist() == prompt.tolist()
+        assert (labels[row, :len(prompt)] == -100).all()
+        # ...and every real token after it is the answer, trained on with its own id.
+        answer = slice(len(prompt), int(mask[row].sum()))
+        assert (labels[row, answer] == ids[row, answer]).all()
+        assert prompter.tokenizer.decode(ids[row, answer]).startswith(example.target)
+        assert (labels[row, int(mask[row].sum()):] == -100).all()  # right padding

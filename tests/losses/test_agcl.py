@@ -18,9 +18,9 @@ S = [[0.30, 0.60, 0.10],    # s_01 = 0.6 > s_00 + 0.1: margin-violating negative
      [0.20, 0.70, 0.65],    # items 1 and 2 are the same product: same-product negatives
      [-0.10, 0.40, 0.50]]
 PRODUCT_IDS = torch.tensor([10, 20, 20])
-BM25 = [[5.0, 2.0, 0.5],    # the diagonal is ignored: w_ii = 1
-        [1.0, 5.0, 3.0],
-        [0.2, 1.5, 5.0]]
+BM25 = [[5.0, 2.0, 0.5],    # the diagonal is B_ii: the positive's weight in the paper form
+        [1.0, 4.0, 3.0],
+        [0.2, 1.5, 0.3]]
 TAU, MARGIN = 0.5, 0.1
 
 
@@ -32,32 +32,48 @@ def e(s: float) -> float:
     return math.exp(s / TAU)
 
 
-# -log(e^{s_ii/tau} / (e^{s_ii/tau} + sum over kept negatives of w_ij e^{s_ij/tau})), by hand.
+# -log(w_ii e^{s_ii/tau} / (w_ii e^{s_ii/tau} + sum over kept negatives of w_ij e^{s_ij/tau})),
+# by hand. "one": w_ii = 1; "paper": w_ii = exp(1 + tanh(B_ii)).
 EXPECTED = {
     "plain": [-math.log(e(.3) / (e(.3) + e(.6) + e(.1))),
               -math.log(e(.7) / (e(.2) + e(.7) + e(.65))),
               -math.log(e(.5) / (e(-.1) + e(.4) + e(.5)))],
-    "weighted": [-math.log(e(.3) / (e(.3) + w(2.0) * e(.6) + w(0.5) * e(.1))),
-                 -math.log(e(.7) / (w(1.0) * e(.2) + e(.7) + w(3.0) * e(.65))),
-                 -math.log(e(.5) / (w(0.2) * e(-.1) + w(1.5) * e(.4) + e(.5)))],
+    "weighted_one": [-math.log(e(.3) / (e(.3) + w(2.0) * e(.6) + w(0.5) * e(.1))),
+                     -math.log(e(.7) / (w(1.0) * e(.2) + e(.7) + w(3.0) * e(.65))),
+                     -math.log(e(.5) / (w(0.2) * e(-.1) + w(1.5) * e(.4) + e(.5)))],
+    "weighted_paper": [
+        -math.log(w(5.0) * e(.3) / (w(5.0) * e(.3) + w(2.0) * e(.6) + w(0.5) * e(.1))),
+        -math.log(w(4.0) * e(.7) / (w(1.0) * e(.2) + w(4.0) * e(.7) + w(3.0) * e(.65))),
+        -math.log(w(0.3) * e(.5) / (w(0.2) * e(-.1) + w(1.5) * e(.4) + w(0.3) * e(.5)))],
     "filtered": [-math.log(e(.3) / (e(.3) + e(.1))),
                  -math.log(e(.7) / (e(.2) + e(.7))),
                  -math.log(e(.5) / (e(-.1) + e(.5)))],
-    "weighted_filtered": [-math.log(e(.3) / (e(.3) + w(0.5) * e(.1))),
-                          -math.log(e(.7) / (w(1.0) * e(.2) + e(.7))),
-                          -math.log(e(.5) / (w(0.2) * e(-.1) + e(.5)))],
+    "weighted_filtered_one": [-math.log(e(.3) / (e(.3) + w(0.5) * e(.1))),
+                              -math.log(e(.7) / (w(1.0) * e(.2) + e(.7))),
+                              -math.log(e(.5) / (w(0.2) * e(-.1) + e(.5)))],
+    "weighted_filtered_paper": [
+        -math.log(w(5.0) * e(.3) / (w(5.0) * e(.3) + w(0.5) * e(.1))),
+        -math.log(w(4.0) * e(.7) / (w(1.0) * e(.2) + w(4.0) * e(.7))),
+        -math.log(w(0.3) * e(.5) / (w(0.2) * e(-.1) + w(0.3) * e(.5)))],
 }
-NEG_WEIGHT_MEAN = {
+WEIGHTED_NEG_MEAN = (w(2.0) + w(0.5) + w(1.0) + w(3.0) + w(0.2) + w(1.5)) / 6
+WEIGHTED_FILTERED_NEG_MEAN = (w(0.5) + w(1.0) + w(0.2)) / 3
+NEG_WEIGHT_MEAN = {  # over kept negatives only, whatever the positive's weight
     "plain": 1.0, "filtered": 1.0,
-    "weighted": (w(2.0) + w(0.5) + w(1.0) + w(3.0) + w(0.2) + w(1.5)) / 6,
-    "weighted_filtered": (w(0.5) + w(1.0) + w(0.2)) / 3,
+    "weighted_one": WEIGHTED_NEG_MEAN, "weighted_paper": WEIGHTED_NEG_MEAN,
+    "weighted_filtered_one": WEIGHTED_FILTERED_NEG_MEAN,
+    "weighted_filtered_paper": WEIGHTED_FILTERED_NEG_MEAN,
 }
 
 
 @pytest.mark.parametrize("variant", list(EXPECTED))
 def test_loss_matches_hand_computation(variant):
+    # plain/filtered use the default positive_weight: it must not weigh anything when the
+    # attribute weights are off.
+    positive_weight = {"one": "one", "paper": "bm25"}.get(variant.rsplit("_", 1)[-1], "bm25")
     loss_fn = AGCLLoss(temperature=TAU, attribute_weights="weighted" in variant,
-                       false_negative_filter="filtered" in variant, margin=MARGIN)
+                       false_negative_filter="filtered" in variant, margin=MARGIN,
+                       positive_weight=positive_weight)
     loss, diagnostics = loss_fn(torch.eye(3), torch.tensor(S).T, PRODUCT_IDS, torch.tensor(BM25))
     assert loss.item() == pytest.approx(sum(EXPECTED[variant]) / 3, rel=1e-6)
     assert diagnostics["neg_weight_mean"].item() == pytest.approx(NEG_WEIGHT_MEAN[variant],
@@ -66,6 +82,24 @@ def test_loss_matches_hand_computation(variant):
     assert diagnostics["filtered_per_query"].item() == filtered
     # Row 0 loses to item 1 (another product); rows 1, 2 only compete with item 0.
     assert diagnostics["top1_accuracy"].item() == pytest.approx(2 / 3)
+
+
+def test_paper_positive_weight_is_the_default_and_one_is_the_ablation():
+    assert TrainConfig().positive_weight == "bm25"
+    assert AGCLLoss().positive_weight == "bm25"
+    assert AGCLLoss.from_config(TrainConfig(positive_weight="one")).positive_weight == "one"
+    # Two items, s = I, tau = 1, B = I: per row w_ii = e^{1 + tanh 1}, w_ij = e^{1 + tanh 0} = e.
+    # paper: -log(w_ii e / (w_ii e + e e^0)) = log(1 + e^{-1 - tanh 1});
+    # one:   -log(e / (e + e e^0)) = log(2).
+    one_pair = (torch.eye(2), torch.eye(2), torch.tensor([0, 1]),
+                torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    paper, _ = AGCLLoss(temperature=1.0, false_negative_filter=False)(*one_pair)
+    one, _ = AGCLLoss(temperature=1.0, false_negative_filter=False,
+                      positive_weight="one")(*one_pair)
+    assert paper.item() == pytest.approx(math.log(1 + math.exp(-math.tanh(1.0) - 1)), rel=1e-6)
+    assert one.item() == pytest.approx(math.log(1 + math.exp(1 - 1)), rel=1e-6)
+    with pytest.raises(ValueError, match="positive_weight"):
+        AGCLLoss(positive_weight="two")
 
 
 def test_from_config_maps_the_train_section():
