@@ -79,7 +79,9 @@ def teacher_examples(catalog: pd.DataFrame, keys: Sequence[str],
                   if i in by_item}
     examples = []
     for _, row in usable.iterrows():
-        if row["split"] == "catalog" and row["item_id"] in by_item:
+        # Train rows with a title (text catalogs: their queries are titles) teach from their own.
+        own_words = row["split"] == "catalog" or (row["split"] == "train" and row["title"].strip())
+        if own_words and row["item_id"] in by_item:
             item = PromptItem(row["title"], row["text"], row["image_uri"])
             examples.append(SFTExample(item, target_json(by_item[row["item_id"]], keys)))
         elif row["split"] == "train" and row["group_id"] in by_product:

@@ -29,13 +29,17 @@ def base_generator(config: AfmrlConfig, catalog: pd.DataFrame) -> Path:
 def distilled_generator(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None) -> Path:
     """SFT on teacher attributes (skipped when already done for the same inputs)."""
     from afmrl.extract.sft import sft_generator, teacher_examples
+    from afmrl.extract.text_teacher import text_teacher_file
 
     base = base_generator(config, catalog)
     cfg = config.extract
     if cfg.sft_steps == 0:
         return base
     out = RunLayout.of(config).generator_sft
-    examples = teacher_examples(catalog, cfg.attribute_keys, cfg.teacher_file)
+    # No teacher file: a text catalog is taught by the title rules of the text teacher.
+    teacher_file = cfg.teacher_file or text_teacher_file(
+        catalog, cfg.attribute_keys, out.parent / "teacher-text.parquet")
+    examples = teacher_examples(catalog, cfg.attribute_keys, teacher_file)
     if not examples:
         log.warning("SFT skipped: no teacher attributes for any catalog/train row; extraction "
                     "uses the base generator %s", base)
