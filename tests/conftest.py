@@ -22,8 +22,15 @@ SHARED_DATA = Path(os.environ.get("AFMRL_SHARED_DATA", DEFAULT_SHARED_DATA))
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "grocery_store" / "items.csv").is_file():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (set AFMRL_SHARED_DATA)")
+    """The shared data sets; missing ones skip the test, or fail it where the data is required
+    (CI sets AFMRL_REQUIRE_SHARED_DATA=1: a lost data set must not turn tests into skips)."""
+    missing = [name for name in ("grocery_store", "pricerunner")
+               if not (SHARED_DATA / name / "items.csv").is_file()]
+    if missing:
+        message = f"shared data {missing} not found at {SHARED_DATA} (set AFMRL_SHARED_DATA)"
+        if os.environ.get("AFMRL_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED_DATA
 
 

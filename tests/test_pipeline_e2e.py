@@ -1,84 +1,131 @@
-"""The main job end to end on the mini subset (items_mini_packages.csv): every stage's
-artefacts exist and load, the endpoint answers a real query, the MLflow run tree is complete,
-and a rerun resumes instead of redoing work."""
+"""The main job end to end on the mini subset (items_mini_packages.csv), as a user runs it: the
+driver is killed once in the middle of the train stage and the rerun resumes to the same
+artefacts; every stage's artefacts exist and load; the results table holds a number for every
+model; the endpoint answers a real query; the MLflow run tree is complete (a child run per stage
+and per AGCL variant); and a rerun of the finished pipeline reruns no finished stage."""
 import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import requests
 
-from afmrl.config import REPO_ROOT
+from afmrl.config import REPO_ROOT, load_config
 from afmrl.layout import RunLayout
 from afmrl.tracking import run_tree
 
+MODELS = ("zero_shot", "infonce", "agcl", "agcl_rar_attributes", "cit")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pipeline(overrides, **kwargs) -> subprocess.Popen:
+    """The job in its own process group (it owns its local Ray cluster and Serve app)."""
+    command = [sys.executable, "-m", "afmrl.cli", "pipeline", "--config",
+               str(REPO_ROOT / "configs" / "mini.yaml"), "--no-wait", *overrides]
+    return subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def finish(process: subprocess.Popen, timeout: float = 1800) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-5000:]
+    return out
+
+
+def stage_records(layout: RunLayout) -> dict:
+    return json.loads(layout.pipeline_state.read_text())["stages"]
+
 
 @pytest.mark.slow
-def test_pipeline_mini_end_to_end(shared_data, tmp_path, capsys):
-    import ray
-    from ray import serve
-
-    from afmrl.config import load_config
-    from afmrl.cli import _job_main
-
-    if ray.is_initialized():  # the job starts and owns its own local cluster
-        ray.shutdown()
-    overrides = [f"run_dir={tmp_path}", f"data.root={shared_data}", "serve.port=8765",
+def test_pipeline_mini_end_to_end(shared_data, tmp_path):
+    port = free_port()
+    overrides = [f"run_dir={tmp_path}", f"data.root={shared_data}", f"serve.port={port}",
                  "models.text_tower=tiny", "extract.sft_steps=60", "train.epochs=2",
-                 "rl.max_steps=2", "eval.pricerunner_clusters=100"]
-    main = _job_main("pipeline")
-    try:
-        assert main(["--config", str(REPO_ROOT / "configs" / "mini.yaml"), "--no-wait",
-                     *overrides]) == 0
-        config = load_config(REPO_ROOT / "configs" / "mini.yaml", overrides)
-        layout = RunLayout.of(config)
-        out = capsys.readouterr().out
-        assert "| agcl |" in out and "endpoint:" in out
+                 "rl.max_steps=2"]
+    config = load_config(REPO_ROOT / "configs" / "mini.yaml", overrides)
+    layout = RunLayout.of(config)
 
-        # Artefacts of every stage exist and load.
-        from transformers import AutoModelForImageTextToText
+    # 1. Kill the driver (and the cluster it owns) once the train stage has a checkpoint.
+    first = pipeline(overrides)
+    checkpoint = layout.train("infonce") / "checkpoints" / "latest"
+    deadline = time.time() + 1500
+    while not checkpoint.is_file() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert checkpoint.is_file(), "the train stage never checkpointed: nothing was interrupted"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    before = stage_records(layout)
+    assert set(before) == {"extract"}, before  # killed mid-train
+    attributes = (layout.attributes("sft") / "summary.json").read_text()
 
-        from afmrl.extract.stage import load_attributes
-        from afmrl.models.embedders import load_embedder
+    # 2. The rerun resumes: extract is not rerun, training continues from its checkpoint.
+    out = finish(pipeline(overrides))
+    records = stage_records(layout)
+    assert records["extract"] == before["extract"]
+    assert (layout.attributes("sft") / "summary.json").read_text() == attributes
+    assert (layout.train("infonce") / "resumes.log").read_text().startswith("resumed from step_")
+    assert set(config.stages) <= set(records)
 
-        for tag in ("sft", "rar"):
-            assert len(load_attributes(layout.attributes(tag))) == 186
-        for generator in (layout.generator_sft, layout.generator_rar):
-            AutoModelForImageTextToText.from_pretrained(str(generator))
-        for tag in ("infonce", "agcl", "cit"):
-            load_embedder(layout.embedder(tag))
-        from afmrl.utils.io import fingerprint_tree
+    # Artefacts of every stage exist and load.
+    from transformers import AutoModelForImageTextToText
 
-        manifest = json.loads((layout.index / "manifest.json").read_text())
-        assert manifest["item_count"] == 31 and manifest["layout"] == "sharded"
-        assert manifest["model_hash"] == fingerprint_tree(layout.embedder("cit"))
+    from afmrl.extract.stage import load_attributes
+    from afmrl.models.embedders import load_embedder
+    from afmrl.utils.io import fingerprint_tree
 
-        # The served endpoint answers a real query with the documented schema.
-        response = requests.post("http://127.0.0.1:8765/search",
-                                 json={"text": "orange juice", "k": 3}, timeout=60)
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert len(body["hits"]) == 3 and body["query_text"]
-        assert {"item_id", "score", "title", "attributes"} <= set(body["hits"][0])
+    for tag in ("sft", "rar"):
+        assert len(load_attributes(layout.attributes(tag))) == 186
+    for generator in (layout.generator_sft, layout.generator_rar):
+        AutoModelForImageTextToText.from_pretrained(str(generator))
+    for tag in ("infonce", "agcl", "cit"):
+        load_embedder(layout.embedder(tag))
+    manifest = json.loads((layout.index / "manifest.json").read_text())
+    assert manifest["item_count"] == 31 and manifest["layout"] == "sharded"
+    assert manifest["model_hash"] == fingerprint_tree(layout.embedder("cit"))
 
-        # The MLflow run tree: one parent, a child per stage.
-        runs = run_tree(config)
-        parents = [r for r in runs if r["name"] == "pipeline"]
-        assert len(parents) == 1
-        children = {r["name"] for r in runs if r["parent"] == parents[0]["run_id"]}
-        assert set(config.stages) <= children
-        assert all(r["status"] == "FINISHED" for r in runs)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # The results table: a number for every model the run produced.
+    table = json.loads(layout.results.read_text())
+    rows = {row["system"]: row for row in table["rows"]}
+    assert set(MODELS) <= set(rows), sorted(rows)
+    for name in MODELS:
+        assert math.isfinite(rows[name]["recall_at_1"]), name
+        assert math.isfinite(rows[name]["within_group/recall_at_1"]), name
+        assert rows[name]["num_queries"] == 155  # the 155 test photos of the mini subset
+    assert "| cit |" in out and "endpoint:" in out
 
-    # A rerun resumes: every stage but serve is skipped, the parent run is reused.
-    try:
-        assert main(["--config", str(REPO_ROOT / "configs" / "mini.yaml"), "--no-wait",
-                     *overrides]) == 0
-        state = json.loads(layout.pipeline_state.read_text())
-        assert set(config.stages) <= set(state["stages"])
-        runs = run_tree(config)
-        assert len([r for r in runs if r["name"] == "pipeline"]) == 1
-        assert len([r for r in runs if r["name"] == "extract"]) == 1
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # The served endpoint answered a real query with the documented schema.
+    response = requests.post(f"http://127.0.0.1:{port}/search",
+                             json={"text": "orange juice", "k": 3}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["hits"]) == 3 and body["query_text"]
+    assert {"item_id", "score", "title", "attributes"} <= set(body["hits"][0])
+
+    # The MLflow run tree: one parent, a child per stage, a grandchild per AGCL variant (the
+    # killed driver's runs stay RUNNING; the finished ones are the resumed run's).
+    runs = run_tree(config)
+    parents = [r for r in runs if r["name"] == "pipeline"]
+    assert len(parents) == 1
+    finished = [r for r in runs if r["status"] == "FINISHED"]
+    children = {r["name"]: r["run_id"] for r in finished if r["parent"] == parents[0]["run_id"]}
+    assert set(config.stages) <= set(children)
+    variants = {r["name"]: r["parent"] for r in finished if r["name"].startswith("train_")}
+    assert variants["train_infonce"] == variants["train_agcl"] == children["train"]
+    assert variants["train_cit"] == children["cit"]
+
+    # 3. A rerun of the finished pipeline reruns no finished stage (same run ids, timings).
+    finish(pipeline(overrides))
+    again = stage_records(layout)
+    for stage in set(config.stages) - {"serve"}:
+        assert again[stage] == records[stage], stage
+    assert len([r for r in run_tree(config) if r["name"] == "pipeline"]) == 1
