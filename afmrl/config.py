@@ -221,17 +221,23 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: Literal["flat", "ivf_flat", "ivf_pq", "hnsw"] = doc("FAISS index type.", "flat")
+    kind: Literal["flat", "ivf_flat", "ivf_pq", "hnsw", "sq8", "ivf_sq8", "binary"] = doc(
+        "FAISS index type: exact 'flat'; IVF lists of floats ('ivf_flat'), int8 codes "
+        "('ivf_sq8') or PQ codes ('ivf_pq'); 'hnsw' graph; exhaustive over int8 codes ('sq8', "
+        "1 byte a dim) or sign bits re-scored by the float query ('binary', 1 bit a dim).",
+        "flat")
     metric: Literal["ip", "l2"] = doc("Similarity: inner product (cosine on normalised) or L2.",
                                       "ip")
     num_shards: int = doc("Index shard actors (Ray); 1 = a single shard.", 2)
-    nlist: int = doc("IVF lists (ivf_flat / ivf_pq).", 1024)
+    nlist: int = doc("IVF lists (ivf_flat / ivf_sq8 / ivf_pq).", 1024)
     nprobe: int = doc("IVF lists probed per query.", 32)
     pq_m: int = doc("PQ sub-quantizers (ivf_pq); must divide the dimension.", 32)
     pq_nbits: int = doc("Bits per PQ code.", 8)
     hnsw_m: int = doc("HNSW graph degree.", 32)
     hnsw_ef_search: int = doc("HNSW search breadth.", 128)
     hnsw_ef_construction: int = doc("HNSW construction breadth.", 200)
+    binary_rescore: int = doc(
+        "binary: Hamming candidates re-scored per requested result (k x this).", 10)
     dim_prefix: int | None = doc(
         "Matryoshka: index only the first N embedding dimensions (re-normalised). None = all.",
         None)
@@ -244,6 +250,9 @@ class IndexConfig:
         _require(self.num_shards >= 1, "index.num_shards must be >= 1")
         _require(0 < self.gpus_per_shard <= 1, "index.gpus_per_shard must be in (0, 1]")
         _require(self.nprobe >= 1 and self.nlist >= 1, "index.nlist/nprobe must be >= 1")
+        _require(self.binary_rescore >= 1, "index.binary_rescore must be >= 1")
+        _require(self.kind != "binary" or self.metric == "ip",
+                 "index.kind=binary ranks by inner product (sign codes): set index.metric=ip")
         _require(self.dim_prefix is None or self.dim_prefix >= 1, "index.dim_prefix must be >= 1")
 
 
@@ -322,12 +331,19 @@ class ServeConfig:
     image_root: str | None = doc(
         "Local folder image paths in requests may point into (None: path images refused).", None)
     auth_token: str | None = doc("Bearer token required on every request (None: open).", None)
+    update_store: str | None = doc(
+        "SQLAlchemy URL of the database holding live updates (PUT/DELETE), which every Retriever "
+        "replica polls: 'postgresql+psycopg://user@host/db' when replicas run on several nodes. "
+        "None: $AFMRL_UPDATE_STORE if set, else sqlite:///<index folder>/updates.db.", None)
 
     def __post_init__(self) -> None:
         _require(0 < self.port < 65536, "serve.port must be 1..65535")
         _require(self.max_body_bytes >= 1024, "serve.max_body_bytes must be >= 1024")
         _require(self.max_replicas >= self.embed_replicas >= 1,
                  "serve: need max_replicas >= embed_replicas >= 1")
+        _require(self.update_store is None or "://" in self.update_store,
+                 "serve.update_store must be a database URL such as sqlite:////abs/updates.db "
+                 "or postgresql+psycopg://user@host:5432/db")
 
 
 @dataclass(frozen=True)

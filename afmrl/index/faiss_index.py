@@ -1,6 +1,6 @@
 """One FAISS index wrapper for offline evaluation, the RL reward and online serving.
 
-``VectorIndex`` hides the four index kinds behind one contract: float32 embeddings in,
+``VectorIndex`` hides the index kinds behind one contract: float32 embeddings in,
 ``(scores, ids)`` out with the caller's own item ids (int64 >= 0 or non-empty strings), rows
 sorted best-first with equal scores ordered by id (FAISS itself orders ties differently per
 metric), and padding (fewer items than k) marked by ``MISSING`` ids and the worst score.
@@ -116,13 +116,22 @@ def _new_faiss_index(dim: int, n_train: int, config: IndexConfig
         hnsw.hnsw.efConstruction = config.hnsw_ef_construction
         return faiss.IndexIDMap2(hnsw), {"hnsw_m": config.hnsw_m,
                                          "hnsw_ef_construction": config.hnsw_ef_construction}
+    if config.kind == "binary":  # sign bits, Hamming search; re-scored in VectorIndex.search
+        return faiss.IndexIDMap2(faiss.IndexLSH(dim, dim, False, False)), \
+            {"binary_rescore": config.binary_rescore}
     if n_train < 1:
-        raise ValueError(f"index kind {config.kind!r} is trained with k-means and needs at least "
-                         f"one vector at build time; build it from the gallery embeddings")
+        raise ValueError(f"index kind {config.kind!r} is trained on the vectors and needs at "
+                         f"least one at build time; build it from the gallery embeddings")
+    int8 = faiss.ScalarQuantizer.QT_8bit
+    if config.kind == "sq8":
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, int8, metric)), {}
     nlist = _clamp_clusters(config.nlist, n_train, "index.nlist")
     quantizer = faiss.IndexFlat(dim, metric)
     if config.kind == "ivf_flat":
         return faiss.IndexIVFFlat(quantizer, dim, nlist, metric), {"nlist": nlist}
+    if config.kind == "ivf_sq8":
+        return faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, int8, metric), \
+            {"nlist": nlist}
     if dim % config.pq_m:
         raise ConfigError(f"index.pq_m={config.pq_m} must divide the indexed dimension {dim}; "
                           f"choose a divisor such as {_divisors_near(dim, config.pq_m)}")
@@ -144,7 +153,7 @@ def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
     """Apply nprobe / efSearch through ParameterSpace, which sees through IDMap and GPU wrappers."""
     space = faiss.GpuParameterSpace() if hasattr(faiss, "GpuParameterSpace") else \
         faiss.ParameterSpace()
-    if config.kind in ("ivf_flat", "ivf_pq"):
+    if config.kind in ("ivf_flat", "ivf_pq", "ivf_sq8"):
         space.set_index_parameter(index, "nprobe", config.nprobe)
     elif config.kind == "hnsw":
         space.set_index_parameter(index, "efSearch", config.hnsw_ef_search)
@@ -156,9 +165,10 @@ def _to_gpu(index: faiss.Index, config: IndexConfig) -> faiss.Index:
         raise ConfigError(f"index.use_gpu=true but this faiss {faiss.__version__} build sees no "
                           f"GPU; install faiss-gpu (pip install faiss-gpu-cu12, the [gpu] extra) "
                           f"on a GPU node, or set index.use_gpu=false")
-    if config.kind == "hnsw":
-        raise ConfigError("index.kind=hnsw has no FAISS GPU implementation; use flat, ivf_flat "
-                          "or ivf_pq with index.use_gpu=true, or set index.use_gpu=false")
+    if config.kind in ("hnsw", "sq8", "binary"):
+        raise ConfigError(f"index.kind={config.kind} has no FAISS GPU implementation; use flat, "
+                          f"ivf_flat, ivf_sq8 or ivf_pq with index.use_gpu=true, or set "
+                          f"index.use_gpu=false")
     return faiss.index_cpu_to_all_gpus(index)
 
 
@@ -278,14 +288,28 @@ class VectorIndex:
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        queries = as_embeddings(queries, self.dim, "queries")
-        scores, labels = self._index.search(prefix_transform(queries, self.config), k)
+        queries = prefix_transform(as_embeddings(queries, self.dim, "queries"), self.config)
+        scores, labels = self._rescored_binary_search(queries, k) \
+            if self.config.kind == "binary" else self._index.search(queries, k)
         padding = labels < 0
         scores[padding] = -np.inf if self.config.metric == "ip" else np.inf
         ids = self._ids[np.where(padding, 0, labels)] if len(self._ids) else \
             np.full(labels.shape, MISSING_INT)
         ids[padding] = missing_id(ids)
         return rank_results(scores, ids, self.config.metric, k)
+
+    def _rescored_binary_search(self, queries: np.ndarray, k: int
+                                ) -> tuple[np.ndarray, np.ndarray]:
+        """Hamming top ``k x index.binary_rescore`` on the sign codes, re-scored by the float
+        query's cosine with each candidate's +-1 code: better ranking than Hamming distance,
+        and no float vectors kept. Rows are unsorted; ``search`` ranks them."""
+        _, labels = self._index.search(queries, k * self.config.binary_rescore)
+        valid = labels >= 0
+        signs = self._index.reconstruct_batch(labels[valid])
+        scores = np.full(labels.shape, -np.inf, dtype=np.float32)
+        scores[valid] = np.einsum("nd,nd->n", queries[np.nonzero(valid)[0]], signs) \
+            / np.sqrt(queries.shape[1])
+        return scores, labels
 
     def memory_bytes(self) -> int:
         """Size of the serialised FAISS index plus the id array: about what it holds in RAM."""
