@@ -4,7 +4,7 @@
   afmrl serve --config configs/local.yaml          # the same app via afmrl.serve.launch
 
 Deployments: ``Embedder`` (dynamic batching), ``AttributeGenerator`` (query enrichment; only
-with a generator), ``Retriever`` (sharded FAISS index + items + live-update journal) and
+with a generator), ``Retriever`` (sharded FAISS index + items + live-update log) and
 ``SearchIngress`` (the FastAPI HTTP API and search page). The logic lives in ``afmrl.serve``.
 """
 # No `from __future__ import annotations`: Serve validates builder args against the *runtime*
@@ -89,7 +89,8 @@ def search_app(config: AfmrlConfig, index_dir: str | Path, generator: str | None
     options = deployment_options(config, generator is not None)
     embedder = Embedder.options(**options["Embedder"]).bind(source, config)
     retriever = Retriever.options(**options["Retriever"]).bind(source.index_dir, config.ray,
-                                                               SHARD_CPUS)
+                                                               SHARD_CPUS,
+                                                               config.serve.update_store)
     attributes = AttributeGenerator.options(**options["AttributeGenerator"]).bind(
         generator, config) if generator else None
     return SearchIngress.options(**options["SearchIngress"]).bind(

@@ -1,18 +1,20 @@
 """The live catalog a Retriever replica serves: the sharded FAISS index, the item records
-(``items.parquet``) and a durable journal of live updates.
+(``items.parquet``) and a durable log of live updates in a SQL database.
 
-Why a journal: PUT/DELETE must survive a restart, and rewriting every shard plus items.parquet
-per update costs O(catalog). An update is one appended, fsync'ed JSON line holding the item and
-its embedding (so replay needs no model). A replica loads the saved index and replays the
-journal; while serving, every call first applies the lines other replicas appended (one stat()
-when nothing changed), so all replicas answer from the same catalog. A crash mid-append leaves a
-line without its newline: readers never consume it and the next writer cuts it off. Rebuilding
-the index (``afmrl index``) replaces the whole folder, journal and uploads included.
+Why a log: PUT/DELETE must survive a restart, and rewriting every shard plus items.parquet per
+update costs O(catalog). An update is one committed row holding the item and its embedding (so
+replay needs no model), numbered in sequence per index build. A replica loads the saved index
+and replays the log; while serving, every call first applies the records other replicas
+committed since its last sequence number (one indexed query when nothing changed), so all
+replicas answer from the same catalog. The database is chosen by URL (``serve.update_store``):
+SQLite in the index folder on one machine, PostgreSQL when replicas run on several nodes that
+share no files. A crash mid-append rolls the transaction back. Rebuilding the index (``afmrl
+index``) gives it a new identity, hence an empty log.
 """
 from __future__ import annotations
 
 import base64
-import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -22,18 +24,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sqlalchemy
 
 from afmrl.config import RayConfig
 from afmrl.extract.stage import parse_json
-from afmrl.index.faiss_index import IndexMismatchError
+from afmrl.index.faiss_index import MANIFEST, IndexMismatchError
 from afmrl.index.sharded import DEFAULT_ACTOR_CPUS, ShardedIndex, gather_from_actors
 from afmrl.index.stage import ITEMS_FILE, SOURCE_FILE
 from afmrl.serve.filters import AttributeIndex, filtered_search
-from afmrl.utils.io import atomic_write_bytes, fingerprint_tree, sha256_bytes
+from afmrl.utils.io import atomic_write_bytes, fingerprint_tree, sha256_bytes, sha256_file
 
-JOURNAL_FILE = "updates.jsonl"
+UPDATE_DB_FILE = "updates.db"
+UPDATE_STORE_ENV = "AFMRL_UPDATE_STORE"
 UPLOADS_DIR = "uploads"
-_TAIL_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -73,70 +76,127 @@ def decode_vector(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4")
 
 
-class Journal:
-    """Append-only JSON lines shared by all replicas (flock for writers, offsets for readers)."""
+class UpdateStore:
+    """The durable, ordered log of live updates of one index build, in a SQL database.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0  # bytes of complete lines already read
+    Each record gets the next sequence number of its index build (``catalog_key``); replicas
+    remember the last number they applied and poll for higher ones. Writers take the build's
+    row in ``afmrl_catalog_heads`` (a row lock held to commit), so numbers are handed out in
+    commit order and a poller never sees number n+1 before n. A writer that dies mid-append
+    rolls back: the log has no torn records.
+    """
 
-    def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        with open(self.path, "ab+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                size = handle.seek(0, os.SEEK_END)
-                complete = self._complete_prefix(handle, size)
-                if complete < size:  # a writer crashed mid-line: drop the torn tail
-                    handle.truncate(complete)
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def __init__(self, url: str, catalog_key: str) -> None:
+        self.engine = sqlalchemy.create_engine(url, **_engine_options(url))
+        if self.engine.dialect.name == "sqlite":
+            sqlalchemy.event.listen(self.engine, "connect", _sqlite_wal)
+        self.name = self.engine.url.render_as_string(hide_password=True)
+        self.key = catalog_key
+        self.last_seq = 0  # highest sequence number already read
+        _create_schema(self.engine)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(_HEADS.insert().values(catalog=catalog_key, last_seq=0))
+        except sqlalchemy.exc.IntegrityError:
+            pass  # the head row exists (another replica, or an earlier start)
 
-    @staticmethod
-    def _complete_prefix(handle, size: int) -> int:
-        """Length of the file up to and including its last newline."""
-        end = size
-        while end > 0:
-            start = max(0, end - _TAIL_BLOCK)
-            handle.seek(start)
-            newline = handle.read(end - start).rfind(b"\n")
-            if newline >= 0:
-                return start + newline + 1
-            end = start
-        return 0
+    def append(self, record: dict[str, Any]) -> int:
+        """Commit one record; returns its sequence number."""
+        with self.engine.begin() as connection:
+            return self._insert(connection, record)
+
+    def _insert(self, connection: sqlalchemy.Connection, record: dict[str, Any]) -> int:
+        seq = connection.execute(
+            _HEADS.update().where(_HEADS.c.catalog == self.key)
+            .values(last_seq=_HEADS.c.last_seq + 1).returning(_HEADS.c.last_seq)).scalar_one()
+        connection.execute(_UPDATES.insert().values(
+            catalog=self.key, seq=seq, record=json.dumps(record, separators=(",", ":"))))
+        return seq
 
     def read_new(self) -> list[dict[str, Any]]:
-        """Complete lines appended since the last call."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return []
-        if size < self.offset:
-            raise RuntimeError(f"{self.path} shrank under a running server (was the index "
-                               f"rebuilt?); redeploy the app to serve the new index")
-        if size == self.offset:
-            return []
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read(size - self.offset)
-        end = data.rfind(b"\n") + 1
+        """Records committed since the last call, in sequence order."""
+        with self.engine.connect() as connection:
+            head = connection.execute(sqlalchemy.select(_HEADS.c.last_seq).where(
+                _HEADS.c.catalog == self.key)).scalar()
+            if head is None or head < self.last_seq:
+                raise RuntimeError(f"the update log of this index in {self.name} lost records "
+                                   f"(it was at {self.last_seq}, now {head}); was it reset? "
+                                   f"redeploy the app to serve the index anew")
+            if head == self.last_seq:
+                return []
+            rows = connection.execute(
+                sqlalchemy.select(_UPDATES.c.seq, _UPDATES.c.record)
+                .where(_UPDATES.c.catalog == self.key, _UPDATES.c.seq > self.last_seq,
+                       _UPDATES.c.seq <= head).order_by(_UPDATES.c.seq)).all()
         records = []
-        for number, line in enumerate(data[:end].splitlines()):
+        for seq, text in rows:
             try:
-                records.append(json.loads(line))
+                records.append(json.loads(text))
             except json.JSONDecodeError:
-                raise RuntimeError(f"{self.path}: corrupt record {number + 1} after byte "
-                                   f"{self.offset}; restore the file from a backup or rebuild "
-                                   f"the index") from None
-        self.offset += end
+                raise RuntimeError(f"{self.name}: corrupt update record {seq} of index "
+                                   f"{self.key}; delete that row or rebuild the index") from None
+        self.last_seq = head
         return records
 
 
+_SCHEMA = sqlalchemy.MetaData()
+_HEADS = sqlalchemy.Table(
+    "afmrl_catalog_heads", _SCHEMA,
+    sqlalchemy.Column("catalog", sqlalchemy.String(64), primary_key=True),
+    sqlalchemy.Column("last_seq", sqlalchemy.BigInteger, nullable=False))
+_UPDATES = sqlalchemy.Table(
+    "afmrl_catalog_updates", _SCHEMA,
+    sqlalchemy.Column("catalog", sqlalchemy.String(64), primary_key=True),
+    sqlalchemy.Column("seq", sqlalchemy.BigInteger, primary_key=True, autoincrement=False),
+    sqlalchemy.Column("record", sqlalchemy.Text, nullable=False))
+
+
+def _create_schema(engine: sqlalchemy.Engine, attempts: int = 3) -> None:
+    """Create the tables unless they exist; replicas starting together race to create them."""
+    for attempt in range(attempts):
+        try:
+            _SCHEMA.create_all(engine)
+            return
+        except sqlalchemy.exc.DatabaseError:  # another replica created a table first
+            if attempt + 1 == attempts:
+                raise
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    """SQLite: wait for the writer lock instead of failing, and use one connection per thread
+    of the replica's pool (Serve calls sync methods from worker threads)."""
+    if sqlalchemy.make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 60, "check_same_thread": False}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    """WAL: pollers read while a writer commits, and commits are durable (synchronous=FULL)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def catalog_key(index_dir: Path) -> str:
+    """Identity of an index build: the hash of its manifest, items and embedder record.
+    Replicas of one build share its log wherever their copy of the folder lies; a rebuilt
+    index (other items or vectors) starts an empty log."""
+    digest = hashlib.sha256()
+    for name in (MANIFEST, ITEMS_FILE, SOURCE_FILE):
+        digest.update(sha256_file(index_dir / name).encode())
+    return digest.hexdigest()[:32]
+
+
+def update_store_url(configured: str | None, index_dir: Path) -> str:
+    """``serve.update_store``, else $AFMRL_UPDATE_STORE (a Kubernetes secret on clusters),
+    else a SQLite file in the index folder (one machine)."""
+    return configured or os.environ.get(UPDATE_STORE_ENV) or \
+        f"sqlite:///{index_dir / UPDATE_DB_FILE}"
+
+
 class Catalog:
-    """Index + items + journal behind one lock (Serve runs sync methods in a thread pool).
+    """Index + items + update log behind one lock (Serve runs sync methods in a thread pool).
 
     Methods return internal item records (with the server-side ``image_uri``); the HTTP layer
     decides what clients see. ``check_health`` is Ray Serve's replica health check: a dead
@@ -144,8 +204,11 @@ class Catalog:
     """
 
     def __init__(self, index_dir: str | Path, ray_config: RayConfig,
-                 shard_cpus: float = DEFAULT_ACTOR_CPUS) -> None:
+                 shard_cpus: float = DEFAULT_ACTOR_CPUS, update_store: str | None = None
+                 ) -> None:
         self.source = IndexSource.read(index_dir)
+        self.journal = UpdateStore(update_store_url(update_store, self.source.index_dir),
+                                   catalog_key(self.source.index_dir))
         self.index = ShardedIndex.load(self.source.index_dir, ray_config,
                                        expected_model_hash=self.source.model_hash,
                                        expected_dim=self.source.dim, num_cpus=shard_cpus)
@@ -154,7 +217,6 @@ class Catalog:
         self.attributes = AttributeIndex()
         for row in pd.read_parquet(self.source.index_dir / ITEMS_FILE).to_dict("records"):
             self._remember(row)
-        self.journal = Journal(self.source.index_dir / JOURNAL_FILE)
         self.applied = 0
         self.lock = threading.Lock()
         self._sync()
@@ -170,7 +232,7 @@ class Catalog:
         self.attributes.remove(item_id)
 
     def _sync(self) -> None:
-        """Apply new journal records: only each id's last record matters, applied in one batch."""
+        """Apply new update records: only each id's last record matters, applied in one batch."""
         records = self.journal.read_new()
         if not records:
             return

@@ -97,3 +97,38 @@ def live_app(serve_config, index_dir, image_root, serve_root) -> Iterator[LiveAp
         yield LiveApp(url, serve_config, index_dir, image_root)
     finally:
         serve.shutdown()
+
+
+POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL server (Debian's `postgresql` package, which `.ci/run` installs):
+    a fresh cluster in a temporary folder on a free port, stopped and deleted afterwards. As
+    root it runs as the `postgres` user (the server refuses to run as root)."""
+    import os
+    import subprocess
+    import tempfile
+
+    if not POSTGRES_BINARIES:
+        pytest.fail("PostgreSQL is not installed: `apt-get install -y postgresql` (as .ci/run "
+                    "does); the live-update tests need a real server")
+    bin_dir = POSTGRES_BINARIES[-1]
+    as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="afmrl-pg-"))
+    if as_server_user:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", _free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_server_user, *args], check=True, capture_output=True, timeout=120)
+
+    pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "afmrl", "-A", "trust", "-E", "UTF8")
+    pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
+       "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    try:
+        yield f"postgresql+psycopg://afmrl@127.0.0.1:{port}/postgres"
+    finally:
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,17 +1,17 @@
-"""The live catalog: journal durability, replicas converging, refusing a foreign embedder."""
+"""The live catalog: replicas converging through the update log (its durability and crash
+tests: test_update_store.py), refusing a foreign embedder."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
-import threading
 
 import numpy as np
 import pytest
 
 from afmrl.index.faiss_index import IndexMismatchError
 from afmrl.index.stage import SOURCE_FILE
-from afmrl.serve.catalog import (JOURNAL_FILE, Catalog, IndexSource, Journal, decode_vector,
+from afmrl.serve.catalog import (UPDATE_DB_FILE, Catalog, IndexSource, decode_vector,
                                  encode_vector)
 
 
@@ -20,62 +20,15 @@ def test_vectors_round_trip_exactly():
     np.testing.assert_array_equal(decode_vector(encode_vector(vector)), vector)
 
 
-def test_journal_reads_only_complete_lines_and_writers_cut_torn_tails(tmp_path):
-    path = tmp_path / JOURNAL_FILE
-    writer, reader = Journal(path), Journal(path)
-    assert reader.read_new() == []  # no file yet
-    writer.append({"n": 1})
-    with open(path, "ab") as handle:
-        handle.write(b'{"n": 2, "torn')  # a writer crashed mid-line
-    assert reader.read_new() == [{"n": 1}]
-    assert reader.read_new() == []
-    writer.append({"n": 3})
-    assert reader.read_new() == [{"n": 3}]
-    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"n": 1}, {"n": 3}]
-
-
-def test_concurrent_writers_never_interleave(tmp_path):
-    path = tmp_path / JOURNAL_FILE
-    payload = "x" * 5000  # longer than one write() may be atomic for
-
-    def write(writer: int) -> None:
-        journal = Journal(path)  # its own file description, like another replica
-        for n in range(40):
-            journal.append({"writer": writer, "n": n, "payload": payload})
-
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    records = Journal(path).read_new()
-    assert sorted((r["writer"], r["n"]) for r in records) == \
-        [(w, n) for w in range(4) for n in range(40)]
-
-
-def test_corrupt_or_shrunk_journals_fail_loudly(tmp_path):
-    path = tmp_path / JOURNAL_FILE
-    path.write_bytes(b'{"n": 1}\nnot json\n')
-    with pytest.raises(RuntimeError, match="corrupt record 2"):
-        Journal(path).read_new()
-    path.write_bytes(b'{"n": 1}\n{"n": 2}\n')
-    journal = Journal(path)
-    journal.read_new()
-    path.write_bytes(b'{"n": 1}\n')
-    with pytest.raises(RuntimeError, match="rebuilt"):
-        journal.read_new()
-
-
 @pytest.fixture
 def private_index(index_dir, tmp_path):
     """A copy of the sample index this test may change."""
     copy = tmp_path / "index"
-    shutil.copytree(index_dir, copy)
-    (copy / JOURNAL_FILE).unlink(missing_ok=True)
+    shutil.copytree(index_dir, copy, ignore=shutil.ignore_patterns(UPDATE_DB_FILE + "*"))
     return copy
 
 
-def test_replicas_converge_through_the_journal(private_index, serve_config):
+def test_replicas_converge_through_the_update_log(private_index, serve_config):
     first = Catalog(private_index, serve_config.ray, shard_cpus=0)
     second = Catalog(private_index, serve_config.ray, shard_cpus=0)
     try:
