@@ -47,11 +47,17 @@ def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     for column in ("item_id", "title", "text", "image_uri", "attributes", "split", "coarse_group"):
         frame[column] = frame[column].fillna("").astype(str)
     for column in ("group_id", "coarse_group_id"):
-        values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            bad = frame.loc[values.isna(), "item_id"].head(3).tolist()
+        values = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        # Only whole numbers within int64: 1.5 must not silently become product 1.
+        bad_rows = ~(values.abs() < 2**63) | (values != values.round())
+        if bad_rows.any():
+            bad = frame.loc[bad_rows, "item_id"].head(3).tolist()
             raise CatalogError(f"{source}: column {column} must be an integer; bad rows {bad}")
-        frame[column] = values.astype("int64")
+        frame[column] = pd.to_numeric(frame[column]).astype("int64")
+    empty = frame["item_id"].str.strip() == ""
+    if empty.any():
+        raise CatalogError(f"{source}: {int(empty.sum())} empty item_id(s) (rows "
+                           f"{frame.index[empty][:3].tolist()}); every row needs an id")
     duplicated = frame["item_id"][frame["item_id"].duplicated()]
     if len(duplicated):
         raise CatalogError(

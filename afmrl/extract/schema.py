@@ -6,12 +6,14 @@ for enriching queries in RAR and in serving. One function, so every stage sees t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 DEFAULT_ATTRIBUTE_KEYS = ("category", "brand", "colour", "material", "flavour", "variant",
                           "size", "packaging")
 MAX_VALUE_CHARS = 48
+MAX_ERROR_CHARS = 300  # one row's error text stays readable, whatever the generator wrote
 
 
 class AttributeParseError(ValueError):
@@ -55,23 +57,34 @@ def parse_attributes(raw: str, keys: Sequence[str]) -> ParsedAttributes:
     """
     try:
         payload = json.loads(raw)
-    except (json.JSONDecodeError, TypeError) as error:
-        return ParsedAttributes({}, f"not JSON: {error.msg if hasattr(error, 'msg') else error}")
+    except (json.JSONDecodeError, TypeError, RecursionError) as error:
+        reason = error.msg if hasattr(error, "msg") else type(error).__name__
+        return ParsedAttributes({}, f"not JSON: {reason}")
     if not isinstance(payload, dict):
         return ParsedAttributes({}, f"expected a JSON object, got {type(payload).__name__}")
     values: dict[str, str] = {}
     problems = []
     for key, value in payload.items():
         if key not in keys:
-            problems.append(f"unknown key '{key}'")
+            problems.append(f"unknown key {key!r}")
             continue
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            problems.append(f"'{key}' is not a string")
+            problems.append(f"{key!r} is not a string")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key!r} is not a finite number")
             continue
         text = normalise_value(value)
         if text and text not in ("none", "null", "unknown", "n/a"):
             values[key] = text
-    return ParsedAttributes(values, "; ".join(problems))
+    return ParsedAttributes(values, _bounded("; ".join(problems), len(problems)))
+
+
+def _bounded(error: str, count: int) -> str:
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    head = error[:MAX_ERROR_CHARS - 40].rsplit("; ", 1)[0]
+    return f"{head}; ... (+{count - head.count('; ') - 1} more problems)"
 
 
 def attribute_text(attributes: Mapping[str, str] | str | None,
@@ -85,7 +98,7 @@ def attribute_text(attributes: Mapping[str, str] | str | None,
     if isinstance(attributes, str):
         try:
             attributes = json.loads(attributes)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return ""
         if not isinstance(attributes, dict):
             return ""
