@@ -1,4 +1,5 @@
-"""Benchmark the retrieval core: every index kind, sharding and Matryoshka prefixes, each against
+"""Benchmark the retrieval core: every index kind (compressed ones included: int8 sq8/ivf_sq8,
+1-bit binary, PQ), sharding and Matryoshka prefixes, each against
 a numpy brute-force baseline measured in the same process (timings on a shared box swing 10x,
 so the ratios are what carry over).
 
@@ -7,7 +8,8 @@ so the ratios are what carry over).
 
 Recall@10 vs exact = share of each setup's top-10 scoring at least the exact 10th-best
 (full-dimension inner product; tie-aware, so duplicate items do not count as misses).
-Memory = serialised FAISS index + id array. Prints a markdown table.
+Memory = serialised FAISS index + id array (bytes/item: that over the items). Prints a markdown
+table.
 """
 from __future__ import annotations
 
@@ -93,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="generated products (default n / 20: ~20 images each)")
     parser.add_argument("--embeddings", default=None,
                         help="real (n, dim) float32 .npy; queries are held-out rows of it")
-    parser.add_argument("--kinds", default="flat,ivf_flat,ivf_pq,hnsw")
+    parser.add_argument("--kinds", default="flat,ivf_flat,ivf_pq,hnsw,sq8,ivf_sq8,binary")
     parser.add_argument("--prefixes", default="64,128", help="Matryoshka dim_prefix values")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -172,14 +174,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = args.embeddings or f"generated clustered, {args.clusters or n // 20} products"
     print(f"\n{n} items x {dim} dims ({source}), {len(queries)} queries, top-{K}, metric "
           f"{base.metric}; nlist={base.nlist} nprobe={base.nprobe} pq_m={base.pq_m} "
-          f"hnsw_m={base.hnsw_m} ef_search={base.hnsw_ef_search}; FAISS threads "
+          f"hnsw_m={base.hnsw_m} ef_search={base.hnsw_ef_search} binary_rescore="
+          f"{base.binary_rescore}; FAISS threads "
           f"{faiss.omp_get_max_threads()}\n")
-    print("| setup | build s | queries/s | vs numpy | Recall@10 vs exact | memory MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| setup | build s | queries/s | vs numpy | Recall@10 vs exact | memory MB | "
+          "bytes/item |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, build_s, qps, recall, memory in rows:
         build = "-" if build_s is None else f"{build_s:.1f}"
         print(f"| {label} | {build} | {qps:,.0f} | {qps / numpy_qps:.1f}x | {recall:.3f} | "
-              f"{memory / 2**20:,.0f} |")
+              f"{memory / 2**20:,.0f} | {memory / n:,.0f} |")
     if agreement:
         print(f"\n{agreement}")
     return 0
