@@ -149,6 +149,15 @@ class ExtractConfig:
     teacher_file: str | None = doc(
         "Teacher attributes (Parquet/JSONL: item_id, attributes) from a bigger model. None: "
         "teacher = catalog metadata (grocery).", None)
+    teacher_model: str | None = doc(
+        "Distillation teacher (path / hub id, e.g. 'Qwen/Qwen2.5-VL-72B-Instruct'; 'tiny' for "
+        "tests): it labels the catalog through the same Ray Data + vLLM extraction and SFT "
+        "learns from its output (overrides teacher_file). `afmrl extract --teacher MODEL`.",
+        None)
+    teacher_tensor_parallel_size: int = doc(
+        "vLLM tensor parallelism of each teacher actor (its GPUs when extract.gpus_per_actor "
+        "> 0).", 1)
+    teacher_num_actors: int = doc("Teacher actors (each holds one tensor-parallel engine).", 1)
 
     def __post_init__(self) -> None:
         _require(self.num_actors >= 1, "extract.num_actors must be >= 1")
@@ -159,6 +168,8 @@ class ExtractConfig:
                  "extract.attribute_keys has duplicates")
         _require(self.gpus_per_actor == 0 or self.gpus_per_actor >= self.tensor_parallel_size,
                  "extract.gpus_per_actor must cover tensor_parallel_size GPUs")
+        _require(self.teacher_tensor_parallel_size >= 1 and self.teacher_num_actors >= 1,
+                 "extract.teacher_tensor_parallel_size and teacher_num_actors must be >= 1")
 
 
 @dataclass(frozen=True)

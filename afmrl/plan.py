@@ -18,7 +18,7 @@ from afmrl.config import AfmrlConfig
 from afmrl.utils.device import Placement, stage_placements
 
 # Pipeline stages -> their steps, one after another ("cit" re-extracts, then retrains).
-_PLANNED = {"extract": ("sft", "extract"), "train": ("train",), "rar": ("rar",),
+_PLANNED = {"extract": ("teacher", "sft", "extract"), "train": ("train",), "rar": ("rar",),
             "cit": ("extract", "train"), "index": ("index",), "serve": ("serve",)}
 
 
@@ -43,11 +43,22 @@ def resource_plan(config: AfmrlConfig, stages: Sequence[str] | None = None,
     runs the AttributeGenerator deployment (query enrichment)."""
     plans = []
     for stage in stages if stages is not None else config.stages:
-        steps = [s for s in _PLANNED[stage] if s != "sft" or config.extract.sft_steps]
+        steps = [s for s in _PLANNED[stage] if _runs(config, s)]
         for step in steps:
             name = f"{stage}/{step}" if len(steps) > 1 else stage
             plans.append(StagePlan(name, tuple(stage_placements(config, step, with_generator))))
     return plans
+
+
+def _runs(config: AfmrlConfig, step: str) -> bool:
+    """Distillation steps run only when configured: SFT with sft_steps, the teacher with SFT and
+    a teacher model."""
+    ex = config.extract
+    if step == "sft":
+        return ex.sft_steps > 0
+    if step == "teacher":
+        return ex.sft_steps > 0 and ex.teacher_model is not None
+    return True
 
 
 def _gib(amount: float) -> str:
@@ -56,17 +67,17 @@ def _gib(amount: float) -> str:
 
 def format_plan(plans: Sequence[StagePlan]) -> str:
     """A table per stage: count, CPUs/GPUs/memory (GiB) each, device, and the stage totals."""
-    header = f"  {'component':<22} {'kind':<20} {'count':>5} {'CPU':>6} {'GPU':>6} " \
+    header = f"  {'component':<26} {'kind':<20} {'count':>5} {'CPU':>6} {'GPU':>6} " \
              f"{'mem GiB':>8}  device"
     lines = []
     for plan in plans:
         lines += [f"stage {plan.stage}", header]
         for p in plan.placements:
-            lines.append(f"  {p.component:<22} {p.kind:<20} {p.count:>5} {p.cpus:>6g} "
+            lines.append(f"  {p.component:<26} {p.kind:<20} {p.count:>5} {p.cpus:>6g} "
                          f"{p.gpus:>6g} {_gib(p.memory_bytes):>8}  {p.device}"
                          + (f" ({p.gpu_key}={p.gpu_value})" if p.gpus else ""))
         total = plan.total
-        lines += [f"  {'total':<22} {'':<20} {sum(p.count for p in plan.placements):>5} "
+        lines += [f"  {'total':<26} {'':<20} {sum(p.count for p in plan.placements):>5} "
                   f"{total['CPU']:>6g} {total['GPU']:>6g} {_gib(total['memory']):>8}", ""]
     peak = {name: max(plan.total[name] for plan in plans) for name in ("CPU", "GPU", "memory")}
     lines.append(f"largest stage (stages run one after another): {peak['CPU']:g} CPU, "

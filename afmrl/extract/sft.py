@@ -121,8 +121,9 @@ def sft_batch(prompter: Prompter, examples: Sequence[SFTExample], keys: Sequence
 
 def sft_generator(base_path: str | Path, out_path: str | Path, examples: Sequence[SFTExample],
                   keys: Sequence[str], steps: int, batch_size: int = 8, lr: float = 2e-3,
-                  image_size: int = 224, seed: int = 0, tracker=None) -> Path:
-    """Train the generator on (prompt, teacher JSON) pairs; loss on the answer tokens only."""
+                  image_size: int = 224, seed: int = 0, tracker=None, device="cpu") -> Path:
+    """Train the generator on (prompt, teacher JSON) pairs; loss on the answer tokens only.
+    ``device``: where the model trains (the Ray Train worker's, from afmrl.utils.device)."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForImageTextToText
@@ -134,14 +135,15 @@ def sft_generator(base_path: str | Path, out_path: str | Path, examples: Sequenc
     torch.manual_seed(seed)
     rng = random.Random(seed)
     prompter = Prompter(base_path, image_size)
-    model = AutoModelForImageTextToText.from_pretrained(str(base_path), dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(str(base_path), dtype=torch.float32
+                                                        ).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
                                                    pct_start=0.1)
     for step in tqdm(range(steps), desc="sft generator"):
         batch = rng.sample(list(examples), min(batch_size, len(examples)))
-        loss = model(**sft_batch(prompter, batch, keys)).loss
+        loss = model(**sft_batch(prompter, batch, keys).to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

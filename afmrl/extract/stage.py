@@ -2,6 +2,7 @@
 then label the catalog (title + image) and the shopper photos (image only) with attributes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -26,9 +27,83 @@ def base_generator(config: AfmrlConfig, catalog: pd.DataFrame) -> Path:
                               config.models.seed, texts)
 
 
+def teacher_labels(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None) -> Path:
+    """The paper's distillation teacher: ``extract.teacher_model`` labels the catalog items
+    (title + image) through the same Ray Data + vLLM extraction as the student, on its own
+    tensor-parallel actors (``afmrl.utils.device.teacher_actors``). Writes and returns
+    ``extract/teacher/teacher.parquet`` (item_id, attributes) of the rows that parsed."""
+    from afmrl.extract.runner import run_extraction
+    from afmrl.models.embedders import resolve_model_path
+    from afmrl.utils.device import teacher_actors, teacher_extract
+    from afmrl.utils.io import atomic_path
+
+    gallery = catalog[catalog["split"] == "catalog"]
+    layout = RunLayout.of(config)
+    teacher = resolve_model_path(config.extract.teacher_model, layout.models / "teacher",
+                                 config.models.seed + 1, (gallery["title"] + " " +
+                                                          gallery["text"]).tolist())
+    out = layout.attributes("teacher")
+    result = run_extraction(gallery, teacher, fingerprint_tree(teacher), teacher_extract(config),
+                            config.ray, out / "catalog", config.data.image_size,
+                            placement=teacher_actors(config))
+    table = result.table
+    labelled = table[(table["parse_error"] == "") & (table["input_error"] == "")]
+    path = out / "teacher.parquet"
+    with atomic_path(path) as tmp:
+        labelled[["item_id", "attributes"]].to_parquet(tmp, index=False)
+    log.info("teacher %s labelled %d of %d catalog items -> %s", config.extract.teacher_model,
+             len(labelled), len(table), path)
+    if tracker is not None:
+        tracker.log_metrics({f"teacher_{k}": v for k, v in result.metrics.items()})
+    return path
+
+
+def _sft_loop(loop: dict) -> None:
+    """The SFT worker (Ray Train): trains on the worker's device, logs into the stage's run."""
+    from afmrl.config import config_from_dict
+    from afmrl.extract.sft import sft_generator
+    from afmrl.tracking import Tracker
+    from afmrl.utils.device import sft_workers, train_device
+
+    config = config_from_dict(loop["config"])
+    cfg = config.extract
+    device = train_device(sft_workers(config))
+    tracker = Tracker(config) if loop["run_id"] else None
+    with tracker.run("sft", run_id=loop["run_id"]) if tracker else contextlib.nullcontext():
+        sft_generator(loop["base"], loop["out"], loop["examples"], cfg.attribute_keys,
+                      cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, config.data.image_size,
+                      config.seed, tracker, device=device)
+
+
+def run_sft(config: AfmrlConfig, base: Path, out: Path, examples: list) -> None:
+    """SFT of the generator in a Ray Train worker group (``afmrl.utils.device.sft_workers``),
+    like the other training, not in the driver."""
+    import mlflow
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from afmrl.utils.device import check_workers, sft_workers
+    from afmrl.utils.ray_utils import preflight
+
+    workers = sft_workers(config)
+    preflight([workers], "generator SFT")
+    check_workers(workers, config.ray.call_timeout_s)
+    active = mlflow.active_run()
+    TorchTrainer(
+        _sft_loop,
+        train_loop_config={"config": config.to_dict(), "base": str(base), "out": str(out),
+                           "examples": examples, "run_id": active.info.run_id if active else None},
+        scaling_config=ScalingConfig(**workers.scaling_config()),
+        torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
+                                 timeout_s=int(config.train.step_timeout_s)),
+        run_config=RunConfig(name=f"sft-{out.name}",
+                             storage_path=str(RunLayout.of(config).root / "extract" / "ray")),
+    ).fit()
+
+
 def distilled_generator(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None) -> Path:
     """SFT on teacher attributes (skipped when already done for the same inputs)."""
-    from afmrl.extract.sft import sft_generator, teacher_examples
+    from afmrl.extract.sft import teacher_examples
     from afmrl.extract.text_teacher import text_teacher_file
 
     base = base_generator(config, catalog)
@@ -37,8 +112,11 @@ def distilled_generator(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None
         return base
     out = RunLayout.of(config).generator_sft
     # No teacher file: a text catalog is taught by the title rules of the text teacher.
-    teacher_file = cfg.teacher_file or text_teacher_file(
-        catalog, cfg.attribute_keys, out.parent / "teacher-text.parquet")
+    if cfg.teacher_model:
+        teacher_file = str(teacher_labels(config, catalog, tracker))
+    else:
+        teacher_file = cfg.teacher_file or text_teacher_file(
+            catalog, cfg.attribute_keys, out.parent / "teacher-text.parquet")
     examples = teacher_examples(catalog, cfg.attribute_keys, teacher_file)
     if not examples:
         log.warning("SFT skipped: no teacher attributes for any catalog/train row; extraction "
@@ -51,8 +129,7 @@ def distilled_generator(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None
     if out.is_dir() and stamp.is_file() and stamp.read_text() == recipe:
         log.info("distilled generator up to date: %s", out)
         return out
-    sft_generator(base, out, examples, cfg.attribute_keys, cfg.sft_steps, cfg.sft_batch_size,
-                  cfg.sft_lr, config.data.image_size, config.seed, tracker)
+    run_sft(config, base, out, examples)
     stamp.write_text(recipe)
     return out
 

@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from afmrl.config import AfmrlConfig, ExtractConfig
+from afmrl.config import AfmrlConfig, ExtractConfig, replace
 
 GIB = 1 << 30
 # CPUs of processes that mostly wait on a model or an index (a GPU does their work there).
@@ -30,7 +30,7 @@ SERVE_SHARD_CPUS = 0.25    # per index shard actor of each Serve Retriever repli
 REPLICA_CPUS = {"Embedder": 0.5, "AttributeGenerator": 0.5, "Retriever": 0.1,
                 "SearchIngress": 0.1}
 # The steps `afmrl plan` knows; each holds its placements at once, steps run one after another.
-PLAN_STEPS = ("sft", "extract", "train", "rar", "index", "serve")
+PLAN_STEPS = ("teacher", "sft", "extract", "train", "rar", "index", "serve")
 
 
 class DeviceUnavailable(RuntimeError):
@@ -94,13 +94,26 @@ def _gpu(stage: str, component: str, kind: str, count: int, cpus: float, gpus: f
 # -- every component ----------------------------------------------------------------------------
 
 
-def extraction_actors(ex: ExtractConfig) -> Placement:
+def extraction_actors(ex: ExtractConfig, stage: str = "extract",
+                      component: str = "AttributeExtractor") -> Placement:
     """The Ray Data actor pool of the generation engines (``afmrl.extract.runner``). vLLM on CPU
     holds ``extract.kv_cache_gib`` of KV cache per actor, reserved as Ray memory."""
     memory = ex.kv_cache_gib * GIB if ex.engine == "vllm" and not ex.gpus_per_actor else 0
-    return _gpu("extract", "AttributeExtractor", "Ray Data actor pool", ex.num_actors,
-                ex.cpus_per_actor, ex.gpus_per_actor, "extract.gpus_per_actor", ex.gpus_per_actor,
-                "0", memory)
+    return _gpu(stage, component, "Ray Data actor pool", ex.num_actors, ex.cpus_per_actor,
+                ex.gpus_per_actor, "extract.gpus_per_actor", ex.gpus_per_actor, "0", memory)
+
+
+def teacher_extract(config: AfmrlConfig) -> ExtractConfig:
+    """The extraction settings of the distillation teacher: its own actor count and tensor
+    parallelism, on as many GPUs per actor as it has ranks when extraction runs on GPUs."""
+    ex = config.extract
+    tp = ex.teacher_tensor_parallel_size
+    return replace(ex, num_actors=ex.teacher_num_actors, tensor_parallel_size=tp,
+                   gpus_per_actor=float(tp) if ex.gpus_per_actor else 0.0)
+
+
+def teacher_actors(config: AfmrlConfig) -> Placement:
+    return extraction_actors(teacher_extract(config), "teacher", "teacher AttributeExtractor")
 
 
 def sft_workers(config: AfmrlConfig) -> Placement:
@@ -177,7 +190,9 @@ def serve_deployment(config: AfmrlConfig, name: str) -> Placement:
 def stage_placements(config: AfmrlConfig, stage: str, with_generator: bool = True
                      ) -> list[Placement]:
     """Everything one step of a stage holds at once (the pre-flight and ``afmrl plan`` use
-    this): 'sft' (distillation), 'extract', 'train', 'rar', 'index' or 'serve'."""
+    this): 'teacher' and 'sft' (distillation), 'extract', 'train', 'rar', 'index' or 'serve'."""
+    if stage == "teacher":
+        return [teacher_actors(config)]
     if stage == "sft":
         return [sft_workers(config)]
     if stage == "extract":
