@@ -1,73 +1,28 @@
 """Every job runs through `ray job submit --working-dir .` on a real `ray start --head` cluster,
 with the upload excludes of cluster/runtime_env.yaml."""
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from cluster_head import BIN, REPO, ray_head
+
 JOBS = sorted(p.name for p in (REPO / "jobs").glob("*.py"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _own_processes(marker: str) -> list[int]:
-    """PIDs whose command line names this cluster's temp dir (never `ray stop`: it would kill
-    every Ray cluster on the machine)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(
-                    errors="ignore"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
 
 
 @pytest.fixture(scope="module")
 def head():
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: socket paths are limited
-    port, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
-           "RAY_ADDRESS": ""}
-    # Every port explicit: another local cluster (the test session's own) holds the defaults.
-    ports = {f"--{name}": _free_port() for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=4",
-                    f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-                    "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-                    *(f"{flag}={value}" for flag, value in ports.items())],
-                   check=True, env=env, capture_output=True, timeout=180)
-    address = f"http://127.0.0.1:{dashboard}"
-    # The job agent comes up a little after `ray start` returns ("No available agent").
-    for _ in range(30):
-        if _submit(address, env, "python", "-c", "pass", timeout=120).returncode == 0:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail(f"the job server of the head at {address} never accepted a job; see "
-                    f"{temp_dir}/session_latest/logs/dashboard_agent.log")
-    yield address, env
-    for pid in _own_processes(temp_dir):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head() as cluster:
+        address, env = cluster.dashboard, cluster.env
+        # The job agent comes up a little after `ray start` returns ("No available agent").
+        for _ in range(30):
+            if _submit(address, env, "python", "-c", "pass", timeout=120).returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"the job server of the head at {address} never accepted a job; see "
+                        f"{cluster.temp_dir}/session_latest/logs/dashboard_agent.log")
+        yield address, env
 
 
 def _submit(address, env, *entrypoint, timeout=600):
@@ -100,11 +55,34 @@ def test_every_job_parses_its_config_when_submitted(head, tmp_path):
         assert f"run_dir: {tmp_path}/{job}" in result.stdout
 
 
-def test_a_real_stage_runs_on_the_submitted_cluster(head, tmp_path, shared_data):
+DOC_MARKER = "<!-- ray-job-submit: run verbatim by tests/cluster/test_job_submit_on_cpu.py -->"
+
+
+def documented_command() -> str:
+    """The fenced block after the marker in docs/cluster.md (README shows the same one)."""
+    text = (REPO / "docs" / "cluster.md").read_text()
+    assert DOC_MARKER in text, "docs/cluster.md lost the tested `ray job submit` block"
+    block = text.split(DOC_MARKER, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert block in (REPO / "README.md").read_text(), (
+        "README.md must show the same `ray job submit` command as docs/cluster.md")
+    return block
+
+
+def test_the_documented_submit_distils_and_labels_from_the_shared_data(head, tmp_path,
+                                                                       shared_data):
+    """The docs' command verbatim: teacher labels -> SFT (a Ray Train worker) -> extraction,
+    reading the catalogs from data.root on the cluster (not from the uploaded folder)."""
+    import pandas as pd
+
     address, env = head
-    result = _submit(address, env, "python", "jobs/extract_attributes.py", "--config",
-                     "configs/mini.yaml", f"run_dir={tmp_path}", f"data.root={shared_data}",
-                     "extract.sft_steps=0", "extract.splits=[catalog]", timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    env = {**env, "RAY_ADDRESS": address, "AFMRL_DATA": str(shared_data),
+           "AFMRL_RUNS": str(tmp_path)}
+    result = subprocess.run(["bash", "-euc", documented_command()], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "attributes: 31 rows" in result.stdout
-    assert (tmp_path / "extract" / "sft" / "catalog" / "attributes.parquet").is_file()
+    run = tmp_path / "mini"
+    teacher = pd.read_parquet(run / "extract" / "teacher" / "teacher.parquet")
+    assert len(teacher) > 0 and set(teacher.columns) == {"item_id", "attributes"}
+    assert (run / "models" / "generator-sft" / "config.json").is_file()
+    assert (run / "extract" / "sft" / "catalog" / "attributes.parquet").is_file()
