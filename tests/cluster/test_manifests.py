@@ -2,7 +2,8 @@
 
 Every manifest is checked the way the cluster would check it: against the real KubeRay CRD
 schemas (../shared/kuberay, OpenAPI v3 converted to JSON Schema, unknown fields rejected as
-`kubectl apply`'s strict field validation does), Kubernetes' own schemas (kubernetes-validate) and
+`kubectl apply`'s strict field validation does, and their CEL rules, x-kubernetes-validations,
+evaluated with cel-python), Kubernetes' own schemas (kubernetes-validate) and
 KubeRay's naming rules. Then against the code it launches: the RayJob entry points and configs
 exist, each stage's Ray resource plan (``afmrl.plan.resource_plan``: the placements the code
 creates its actors, workers and deployments with) fits the cluster its RayJob creates, and the
@@ -98,19 +99,58 @@ def openapi_to_json_schema(schema: dict) -> dict:
 
 @functools.cache
 def _crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 1 MB each
+    return jsonschema.Draft7Validator(openapi_to_json_schema(_crd_schema(kind)))
+
+
+@functools.cache
+def _crd_schema(kind: str) -> dict:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load((KUBERAY / CRD_FILES[kind]).read_text(), Loader=loader)
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    return jsonschema.Draft7Validator(openapi_to_json_schema(version["schema"]["openAPIV3Schema"]))
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
+        "openAPIV3Schema"]
+
+
+@functools.cache
+def _cel_program(rule: str):
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
+def cel_errors(schema: dict, value, where: str = "") -> list[str]:
+    """The CRD's CEL rules (x-kubernetes-validations) evaluated with cel-python on every node
+    of ``value`` that has them, as the API server does on create. Transition rules (those
+    reading ``oldSelf``) only run on updates, so a create cannot break them."""
+    import celpy
+
+    errors = []
+    for check in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in check["rule"]:
+            continue
+        if not _cel_program(check["rule"]).evaluate({"self": celpy.json_to_cel(value)}):
+            errors.append(f"{where or '<root>'}: {check.get('message', check['rule'])}")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            child = schema.get("properties", {}).get(key)
+            if child is None and isinstance(schema.get("additionalProperties"), dict):
+                child = schema["additionalProperties"]
+            if child is not None:
+                errors += cel_errors(child, sub, f"{where}.{key}" if where else key)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, sub in enumerate(value):
+            errors += cel_errors(schema["items"], sub, f"{where}[{i}]")
+    return errors
 
 
 def crd_errors(doc: dict) -> list[str]:
+    """Structural schema errors (jsonschema) plus the CRD's CEL rules (cel-python)."""
     if not KUBERAY.is_dir():
         pytest.skip(f"KubeRay CRDs not found at {KUBERAY}: the shared/ folder beside the "
                     f"repository holds them")
     validator = _crd_validator(doc["kind"])
     return [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message[:300]}"
-            for error in validator.iter_errors(doc)]
+            for error in validator.iter_errors(doc)] + cel_errors(_crd_schema(doc["kind"]), doc)
 
 
 _QUANTITY = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?")
@@ -353,6 +393,29 @@ BROKEN = {  # what goes wrong: (where in a valid RayCluster, the bad value)
     "replicas as a string": (("spec", "workerGroupSpecs", 0, "maxReplicas"), "8"),
     "unknown top-level field": (("spek",), {}),
 }
+
+
+CEL_BROKEN = {  # what a CEL rule of the CRDs forbids: (RayJob path, value, the rule's message)
+    "managedBy not a known controller": (("spec", "managedBy"), "someone-else",
+                                         "managedBy field value must be either"),
+    "deletion rule with both conditions": (
+        ("spec", "deletionStrategy"),
+        {"deletionRules": [{"policy": "DeleteCluster", "condition": {
+            "jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}}]},
+        "cannot be used together within the same deletion condition"),
+    "legacy policy without its pair": (
+        ("spec", "deletionStrategy"), {"onSuccess": {"policy": "DeleteCluster"}},
+        "requires either BOTH onSuccess and onFailure"),
+}
+
+
+@pytest.mark.parametrize(("keys", "value", "message"), CEL_BROKEN.values(),
+                         ids=CEL_BROKEN.keys())
+def test_crd_cel_rules_reject_what_they_guard(keys, value, message):
+    doc = yaml.safe_load((CLUSTER / "k8s" / "rayjob.stage1.yaml").read_text())
+    assert crd_errors(doc) == []
+    doc[keys[0]][keys[1]] = value
+    assert any(message in error for error in crd_errors(doc)), crd_errors(doc)
 
 
 @pytest.mark.parametrize(("keys", "value"), BROKEN.values(), ids=BROKEN.keys())
