@@ -196,6 +196,13 @@ class TrainConfig:
                                        0.1)
     hard_batches: bool = doc("Fill batches from one coarse category (harder negatives).", False)
     gather_negatives: bool = doc("Use negatives from all ranks (all-gather with gradients).", True)
+    matryoshka_dims: tuple[int, ...] = doc(
+        "Matryoshka training (plain MRL): the loss on each of these embedding prefixes, "
+        "re-normalised, summed with matryoshka_weights; include the full models.embed_dim, "
+        "e.g. [64, 128, 256]. Empty = the full vector only. Recorded in the exported embedder.",
+        ())
+    matryoshka_weights: tuple[float, ...] = doc(
+        "Weight of each matryoshka_dims prefix loss (empty = 1 each).", ())
     pair_splits: tuple[str, ...] = doc(
         "Where training pairs come from: 'train' (shopper photo <-> its catalog item) and/or "
         "'catalog' (a catalog item's image <-> its own text: the image-text pairs).", ("train",))
@@ -220,6 +227,12 @@ class TrainConfig:
                  "train.per_device_batch_size must be >= 2: contrastive learning needs negatives")
         _require(self.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
         _require(self.temperature > 0, "train.temperature must be > 0")
+        dims = self.matryoshka_dims
+        _require(list(dims) == sorted(set(dims)) and all(d >= 1 for d in dims),
+                 "train.matryoshka_dims must be increasing positive sizes, e.g. [64, 128, 256]")
+        _require(not self.matryoshka_weights or (len(self.matryoshka_weights) == len(dims)
+                                                  and min(self.matryoshka_weights) >= 0),
+                 "train.matryoshka_weights: one weight >= 0 per matryoshka_dims entry, or empty")
         _require(not (self.offload and self.zero_stage < 2),
                  "train.offload needs train.zero_stage 2 or 3")
         # In-batch negatives only exist within one micro-batch; accumulation does not add

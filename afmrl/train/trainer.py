@@ -110,6 +110,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from afmrl.losses import AGCLLoss, BM25Stats, pairwise_bm25
+    from afmrl.losses.matryoshka import MatryoshkaLoss
     from afmrl.models.embedders import load_embedder, save_embedder
     from afmrl.eval.protocol import evaluate_model, prefixed
     from afmrl.train.sampler import ProductBatchSampler
@@ -131,7 +132,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from afmrl.utils.device import agcl_workers, train_device
 
     embedder = load_embedder(loop_config["init_from"]).train()
-    module = EmbedderWithLoss(embedder, AGCLLoss.from_config(train))
+    loss = AGCLLoss.from_config(train)
+    if train.matryoshka_dims:
+        loss = MatryoshkaLoss(loss, train.matryoshka_dims, train.matryoshka_weights or None)
+    module = EmbedderWithLoss(embedder, loss)
     train_device(agcl_workers(config))  # DeepSpeed then places the engine on that device
     sampler = ProductBatchSampler(
         pairs.product_ids, train.per_device_batch_size, num_replicas=world, rank=rank,
@@ -237,7 +241,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     with gather if gather is not None else contextlib.nullcontext():
         if rank == 0:
             save_embedder(embedder, out_dir / "embedder",
-                          {"trained_steps": step, "tag": loop_config["tag"]})
+                          {"trained_steps": step, "tag": loop_config["tag"],
+                           "matryoshka_dims": list(train.matryoshka_dims)})
     dist.barrier()
 
 
