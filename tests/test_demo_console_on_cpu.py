@@ -51,7 +51,10 @@ def test_mini_pipeline_console_and_ctrl_c_while_serving(shared_data, tmp_path):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert serving.wait(1500), "the pipeline never reached serving:\n" + \
+        deadline = time.monotonic() + 1500
+        while not serving.wait(5) and driver.poll() is None and time.monotonic() < deadline:
+            pass
+        assert serving.is_set(), "the pipeline never reached serving:\n" + \
             "\n".join(lines[-60:])
         answer = requests.post(f"http://127.0.0.1:{port}/search",
                                json={"text": "orange juice", "k": 3}, timeout=60)
