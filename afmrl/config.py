@@ -295,6 +295,29 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RetrievalConfig:
+    mode: Literal["dense", "lexical", "hybrid"] = doc(
+        "Ranking: the FAISS index (dense), the tantivy BM25 index (lexical) or both fused "
+        "(hybrid). The serving default; a /search request may override it.", "hybrid")
+    fusion: Literal["rrf", "convex"] = doc(
+        "Hybrid fusion: weighted reciprocal rank fusion, or a convex combination of min-max "
+        "normalised scores.", "rrf")
+    rrf_k: float = doc("RRF constant: score = sum_source weight / (rrf_k + rank).", 60.0)
+    dense_weight: float = doc("RRF weight of the dense ranking.", 1.0)
+    lexical_weight: float = doc("RRF weight of the lexical ranking.", 1.0)
+    alpha: float = doc("Convex fusion: alpha x dense + (1 - alpha) x lexical (normalised).", 0.5)
+    candidates: int = doc("Depth each source contributes to the fusion.", 100)
+
+    def __post_init__(self) -> None:
+        _require(self.rrf_k >= 0, "retrieval.rrf_k must be >= 0")
+        _require(self.dense_weight >= 0 and self.lexical_weight >= 0
+                 and self.dense_weight + self.lexical_weight > 0,
+                 "retrieval.dense_weight/lexical_weight must be >= 0 and not both 0")
+        _require(0 <= self.alpha <= 1, "retrieval.alpha must be in [0, 1]")
+        _require(self.candidates >= 1, "retrieval.candidates must be >= 1")
+
+
+@dataclass(frozen=True)
 class RLConfig:
     num_workers: int = doc("GRPO trainer ranks.", 1)
     use_gpu: bool = doc("Train the generator on GPUs.", False)
@@ -394,6 +417,7 @@ class AfmrlConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
