@@ -269,15 +269,18 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
 
 @torch.no_grad()
 def embed(model: nn.Module, inputs: Sequence[EmbedInput], batch_size: int = 64,
-          progress: bool = False) -> np.ndarray:
-    """Embed many inputs in batches (eval mode, no grad) -> float32 (N, D)."""
-    from tqdm import tqdm
+          progress: bool | None = None) -> np.ndarray:
+    """Embed many inputs in batches (eval mode, no grad) -> float32 (N, D); a progress bar
+    when ``progress`` (None: for 8 batches or more, i.e. loops that take a while on CPU)."""
+    from afmrl.utils.console import progress as progress_bar
 
     model.eval()
     device = next(model.parameters()).device
     chunks = []
     starts = range(0, len(inputs), batch_size)
-    for start in tqdm(starts, desc="embed", disable=not progress):
+    show = len(starts) >= 8 if progress is None else progress
+    for start in progress_bar(starts, desc=f"embed {len(inputs)} inputs", unit="batch",
+                              disable=not show):
         batch = model.collate(inputs[start:start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         chunks.append(model(**batch).float().cpu().numpy())
