@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     layout = RunLayout.of(config)
     embedder = Path(args.embedder) if args.embedder else latest_embedder(layout)
     if embedder is None and not args.baselines:
-        p.exit(2, f"afmrl eval: no trained embedder under {layout.root / 'train'}; pass "
-                  f"--embedder DIR or --baselines\n")
+        print(f"afmrl eval: no trained embedder under {layout.root / 'train'}; pass "
+              f"--embedder DIR or --baselines", file=sys.stderr)
+        return 2
     if config.data.catalog not in BUNDLED:
         from afmrl.utils.ray_utils import init_ray
 
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             table = evaluate_catalog(config, args.split, embedder, args.baselines,
                                      args.attributes)
-        except ValueError as error:
-            p.exit(2, f"afmrl eval: {error}\n")
+        except ValueError as error:  # e.g. no rows in the split: the message says which
+            print(f"afmrl eval: {error}", file=sys.stderr)
+            return 2
         paths = table.write(out)
         table.log(tracker, paths)
     print(table.markdown())
