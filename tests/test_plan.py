@@ -20,7 +20,8 @@ def test_plan_prints_every_step_with_its_totals(capsys):
     assert main(["plan", "--config", GPU]) == 0
     out = capsys.readouterr().out
     steps = re.findall(r"^stage (\S+)$", out, re.M)
-    assert steps == ["extract", "train", "rar", "cit/extract", "cit/train", "index", "serve"]
+    assert steps == ["extract/teacher", "extract/sft", "extract/extract", "train", "rar",
+                     "cit/extract", "cit/train", "index", "serve"]
     # 8 AGCL workers of 4 CPUs + 1 GPU each: the train step's total is 32 CPU, 8 GPU.
     assert re.search(r"AGCL worker\s+Ray Train worker\s+8\s+4\s+1\s+-\s+cuda \(train.use_gpu",
                      out)
