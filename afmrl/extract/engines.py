@@ -44,6 +44,9 @@ class VllmEngine:
         self.llm = LLM(
             model=str(model_path), enforce_eager=config.enforce_eager, seed=seed,
             tensor_parallel_size=config.tensor_parallel_size, max_model_len=2048,
+            # Tensor-parallel ranks as subprocesses on the GPUs Ray gave this actor (the Ray
+            # executor would ask Ray for GPUs the actor already holds).
+            distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None,
             limit_mm_per_prompt={"image": 1},
             # Without disable_any_whitespace a weak model under a grammar emits whitespace
             # until max_tokens (stack.md).
