@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
@@ -74,7 +75,7 @@ def row_error(title: str, image_uri: str, check_images: bool) -> str:
     return ""
 
 
-def content_hash(row: pd.Series) -> str:
+def content_hash(row: Mapping[str, str]) -> str:
     """Identity of a row's *content*: a rerun skips rows whose hash it has already processed."""
     digest = hashlib.sha256()
     for column in ("item_id", "title", "text"):
@@ -95,5 +96,6 @@ def validate_catalog(frame: pd.DataFrame, source: str = "catalog",
     frame = conform(frame, source)
     frame["error"] = [row_error(t, u, check_images)
                       for t, u in zip(frame["title"], frame["image_uri"])]
-    frame["content_hash"] = [content_hash(row) for _, row in frame.iterrows()]
+    frame["content_hash"] = [content_hash(row) for row in  # dicts: iterrows took 10x longer
+                             frame[["item_id", "title", "text", "image_uri"]].to_dict("records")]
     return frame[list(CATALOG_COLUMNS)].reset_index(drop=True)
