@@ -59,6 +59,9 @@ class ProductBatchSampler:
     * Resumable: ``state_dict()`` is (epoch, position), position counting batches handed out in
       the epoch. A DataLoader with workers prefetches from the sampler, so then save the number
       of batches the trainer actually consumed as the position instead.
+    * Whole accumulation windows (``batches_multiple_of`` = gradient-accumulation steps): each
+      rank's batches per epoch are cut to a multiple of it, so an epoch ends on an optimizer
+      step and epoch-end checkpoints/evaluations never land mid-accumulation.
     * Hard batches (``coarse_ids`` given, e.g. the category per item): batches are filled from
       one coarse group as long as it still has batch_size distinct products with items left;
       the rest (and groups with fewer products than batch_size) is mixed into ordinary batches.
@@ -69,9 +72,12 @@ class ProductBatchSampler:
 
     def __init__(self, product_ids: Sequence[Hashable], batch_size: int, *,
                  num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 coarse_ids: Sequence[Hashable] | None = None) -> None:
+                 coarse_ids: Sequence[Hashable] | None = None,
+                 batches_multiple_of: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batches_multiple_of < 1:
+            raise ValueError(f"batches_multiple_of must be >= 1, got {batches_multiple_of}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"need 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
         if coarse_ids is not None and len(coarse_ids) != len(product_ids):
@@ -88,13 +94,15 @@ class ProductBatchSampler:
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = seed
+        self.batches_multiple_of = batches_multiple_of
         self.epoch = 0
         self.position = 0
         self._cache: tuple[int, list[list[int]]] | None = None
         if len(self) == 0:
-            raise ValueError(f"an epoch has fewer than {num_replicas} full batches of "
-                             f"{batch_size} distinct products, so some rank would get none; "
-                             "lower the batch size or the number of workers")
+            raise ValueError(f"an epoch has fewer than {num_replicas * batches_multiple_of} full "
+                             f"batches of {batch_size} distinct products, so some rank would get "
+                             f"fewer than {batches_multiple_of} (one accumulation window); lower "
+                             "the batch size, the number of workers or grad_accum_steps")
 
     def _rank_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches of ``epoch`` (cached: len() and iteration share them)."""
@@ -113,6 +121,7 @@ class ProductBatchSampler:
                 batches += _pack(np.concatenate(leftovers), self._groups, self.batch_size, rng)[0]
                 batches = [batches[i] for i in rng.permutation(len(batches))]
             per_rank = len(batches) // self.num_replicas
+            per_rank -= per_rank % self.batches_multiple_of
             mine = batches[self.rank:per_rank * self.num_replicas:self.num_replicas]
             self._cache = (epoch, [batch.tolist() for batch in mine])
         return self._cache[1]

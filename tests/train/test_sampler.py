@@ -86,3 +86,19 @@ def test_too_small_catalogs_are_refused_with_a_reason():
         ProductBatchSampler(["a", "b", "c", "a", "b", "c"], 3, num_replicas=4)
     with pytest.raises(ValueError, match="one coarse id"):
         ProductBatchSampler(PRODUCTS, BATCH, coarse_ids=CATEGORIES[:-1])
+
+
+def test_an_epoch_holds_whole_accumulation_windows():
+    cut = 0
+    for replicas in (1, 2):
+        plain = ProductBatchSampler(PRODUCTS, BATCH, num_replicas=replicas, seed=1)
+        for multiple in (2, 3, 5):
+            windows = ProductBatchSampler(PRODUCTS, BATCH, num_replicas=replicas, seed=1,
+                                          batches_multiple_of=multiple)
+            for epoch in range(3):
+                count = windows.num_batches(epoch)
+                assert count % multiple == 0 and 0 <= plain.num_batches(epoch) - count < multiple
+                cut += plain.num_batches(epoch) - count
+                # The same order, only the tail that cannot fill a window is cut.
+                assert windows._rank_batches(epoch) == plain._rank_batches(epoch)[:count]
+    assert cut > 0  # some epoch had a partial window to cut
