@@ -23,7 +23,11 @@ def decode_image(data: bytes, max_side: int, source: str = "<bytes>") -> Image.I
     if not data:
         raise ImageError(f"{source}: empty image data")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        pixels = image.width * image.height
+        if pixels > Image.MAX_IMAGE_PIXELS:  # refused before a byte is decompressed
+            raise ImageError(f"{source}: {image.width}x{image.height} pixels is over the "
+                             f"{Image.MAX_IMAGE_PIXELS} limit (decompression bomb?)")
         image.load()
     except UnidentifiedImageError:
         raise ImageError(f"{source}: not a readable image (unknown or corrupt format)") from None

@@ -13,21 +13,22 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
-from fastapi import Depends, FastAPI, Form, Request, Security
+from fastapi import Depends, FastAPI, Form, Path as PathParam, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from afmrl.data.images import ImageError
 from afmrl.index.sharded import ShardUnavailable
 from afmrl.serve.schemas import (EmbedRequest, EmbedResponse, ErrorResponse, Health,
                                  ImageSearchForm, IndexInfo, Item, ItemForm, ItemResponse,
-                                 ItemUpdate, SearchRequest, SearchResponse)
+                                 ItemUpdate, SearchRequest, SearchResponse, publish_limits)
 from afmrl.serve.service import STORED_IMAGE_SIDE, SearchService
-from afmrl.serve.validation import ApiError
+from afmrl.serve.validation import ITEM_ID_REGEX, MAX_ITEM_ID_CHARS, ApiError, single_values
 from afmrl.utils.ray_utils import RemoteCallTimeout
 
 log = logging.getLogger("ray.serve")
@@ -40,7 +41,13 @@ Edit the catalog live with `PUT`/`DELETE /items/{item_id}` (durable across resta
 Errors are `{"error": "..."}` with a 4xx status. The search page is at `/`.
 """
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 503)}
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 405, 413, 422, 503, 504)}
+# The item id as the schema publishes it (the route matches any text; check_item_id decides).
+ItemId = Annotated[str, PathParam(description="Catalog item id ('/'-separated segments).",
+                                  json_schema_extra={"pattern": ITEM_ID_REGEX,
+                                                     "maxLength": MAX_ITEM_ID_CHARS})]
+IMAGE_RESPONSE = {200: {"content": {t: {} for t in ("image/jpeg", "image/png", "image/webp")},
+                        "description": "The image file."}}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None
@@ -91,16 +98,47 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                        "/redoc"})
+UNAUTHORIZED = ApiError(401, "missing or wrong bearer token: send "
+                             "'Authorization: Bearer <serve.auth_token>'",
+                        {"WWW-Authenticate": "Bearer"})
+
+
+def token_matches(authorization: str, token: str) -> bool:
+    """``Authorization: Bearer <token>``, compared in constant time."""
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              token.encode())
+
+
+class TokenGate:
+    """ASGI middleware: with a token set, every path but ``OPEN_PATHS`` needs it, checked
+    before the body is read or parsed (so a route added later is closed by default and a
+    client without the token learns nothing from validation errors)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"].removeprefix(scope.get("root_path", "").rstrip("/")) or "/"
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if path not in OPEN_PATHS and not token_matches(header, self.token):
+                response = error_response(401, UNAUTHORIZED.message, UNAUTHORIZED.headers)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def bearer_auth(token: str) -> Callable[..., Any]:
-    """A dependency comparing the bearer token in constant time."""
+    """The route dependency behind TokenGate: it declares the scheme in the OpenAPI schema
+    (clients and fuzzers see which routes need the token) and checks again."""
     scheme = HTTPBearer(auto_error=False, description="serve.auth_token")
 
     async def check(credentials: HTTPAuthorizationCredentials | None = Security(scheme)) -> None:
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
-                                                          token.encode()):
-            raise ApiError(401, "missing or wrong bearer token: send "
-                                "'Authorization: Bearer <serve.auth_token>'",
-                           {"WWW-Authenticate": "Bearer"})
+        if credentials is None or not token_matches(f"Bearer {credentials.credentials}", token):
+            raise UNAUTHORIZED
     return check
 
 
@@ -123,7 +161,11 @@ def _install_error_handlers(api: FastAPI) -> None:
     async def bad_image(_: Request, error: ImageError) -> JSONResponse:
         return error_response(400, f"{error}; send a JPEG, PNG or WebP photo")
 
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 405:  # Allow: every method of every route on this path
+            allowed = ", ".join(allowed_methods(api, request.scope))
+            return error_response(405, f"{request.method} is not allowed here; use {allowed}",
+                                  {"Allow": allowed})
         return error_response(error.status_code, str(error.detail), error.headers)
 
     async def unavailable(_: Request, error: Exception) -> JSONResponse:
@@ -148,6 +190,8 @@ def _install_error_handlers(api: FastAPI) -> None:
 def create_api(service: SearchService, page: Path) -> FastAPI:
     serve = service.config.serve
     api = FastAPI(title="afmrl search", version="1", description=DESCRIPTION, responses=ERRORS)
+    if serve.auth_token:  # added first: runs after BodyLimit, before any route
+        api.add_middleware(TokenGate, token=serve.auth_token)
     api.add_middleware(BodyLimit, max_bytes=serve.max_body_bytes)
     _install_error_handlers(api)
     auth = [Depends(bearer_auth(serve.auth_token))] if serve.auth_token else []
@@ -174,6 +218,7 @@ def create_api(service: SearchService, page: Path) -> FastAPI:
               summary="Search by an uploaded photo (multipart), optionally with text")
     async def search_image(form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")],
                            request: Request) -> SearchResponse:
+        single_values(await request.form())  # the form FastAPI parsed (cached)
         image = await service.image_from_upload(form.image)
         return await service.search(form, form.filters, image, root(request))
 
@@ -188,24 +233,25 @@ def create_api(service: SearchService, page: Path) -> FastAPI:
         return await service.info()
 
     @api.get("/items/{item_id:path}/image", dependencies=auth, response_class=FileResponse,
-             summary="A catalog item's image")
-    async def item_image(item_id: str) -> FileResponse:
+             responses=IMAGE_RESPONSE, summary="A catalog item's image")
+    async def item_image(item_id: ItemId) -> FileResponse:
         return FileResponse(await service.item_image(item_id))
 
-    @api.get("/items/{item_id:path}", response_model=Item, dependencies=auth,
+    @api.get("/items/{item_id:item_id}", response_model=Item, dependencies=auth,
              summary="One catalog item")
-    async def get_item(item_id: str, request: Request) -> Item:
+    async def get_item(item_id: ItemId, request: Request) -> Item:
         return await service.get_item(item_id, root(request))
 
-    @api.put("/items/{item_id:path}", response_model=ItemResponse, dependencies=auth,
+    @api.put("/items/{item_id:item_id}", response_model=ItemResponse, dependencies=auth,
+             responses={201: {"model": ItemResponse, "description": "Created (a new id)"}},
              summary="Add or replace a catalog item (embedded and indexed live, durable)",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": {"$ref": "#/components/schemas/ItemUpdate"}},
                  "multipart/form-data": {"schema": {"$ref": "#/components/schemas/ItemForm"}}}}})
-    async def put_item(item_id: str, request: Request) -> JSONResponse:
+    async def put_item(item_id: ItemId, request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form()
-            fields = ItemForm.model_validate(dict(form.multi_items()))
+            fields = ItemForm.model_validate(single_values(form))
             image = await service.image_from_upload(fields.image, STORED_IMAGE_SIDE) \
                 if fields.image is not None else None
         else:
@@ -216,17 +262,24 @@ def create_api(service: SearchService, page: Path) -> FastAPI:
                                         root(request))
         return JSONResponse(result.model_dump(), status_code=201 if result.created else 200)
 
-    @api.delete("/items/{item_id:path}", status_code=204, dependencies=auth,
+    @api.delete("/items/{item_id:item_id}", status_code=204, dependencies=auth,
                 summary="Remove a catalog item (durable)")
-    async def delete_item(item_id: str) -> None:
+    async def delete_item(item_id: ItemId) -> None:
         await service.delete_item(item_id)
 
     # The models only referenced by openapi_extra must be in the schema too.
-    _add_schemas(api, ItemUpdate, ItemForm)
+    _add_schemas(api, serve, service.keys, ItemUpdate, ItemForm)
     return api
 
 
-def _add_schemas(api: FastAPI, *models: type) -> None:
+def allowed_methods(api: FastAPI, scope: Scope) -> list[str]:
+    """The methods of every route whose path matches the request's (the 405's Allow header)."""
+    return sorted({method for route in api.router.routes
+                   if isinstance(route, Route) and route.methods
+                   and route.matches(scope)[0] is not Match.NONE for method in route.methods})
+
+
+def _add_schemas(api: FastAPI, serve: Any, keys: Any, *models: type) -> None:
     original = api.openapi
 
     def openapi() -> dict[str, Any]:
@@ -235,7 +288,8 @@ def _add_schemas(api: FastAPI, *models: type) -> None:
             for model in models:
                 schema["components"]["schemas"][model.__name__] = model.model_json_schema(
                     ref_template="#/components/schemas/{model}")
-            api.openapi_schema = schema
+            api.openapi_schema = publish_limits(schema, serve.max_k, keys,
+                                                serve.image_root is not None)
         return api.openapi_schema
 
     api.openapi = openapi

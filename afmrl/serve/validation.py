@@ -5,12 +5,35 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+from starlette.convertors import Convertor, register_url_convertor
 
 from afmrl.extract.schema import normalise_value
 
-ITEM_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*")
+# A path segment of URL-safe characters that is not "." or ".." (JSON Schema has no lookahead).
+_SEGMENT = r"(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.[A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.\.[A-Za-z0-9._~-]+)"
+ITEM_ID_REGEX = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
+ITEM_ID_PATTERN = re.compile(ITEM_ID_REGEX)
 MAX_ITEM_ID_CHARS = 200
+IMAGE_SUFFIX = "/image"
+
+
+class ItemIdConvertor(Convertor):
+    """``{item_id:item_id}`` in a route: any text not ending in '/image', so
+    ``/items/{id}/image`` never also matches the item routes (an undeclared method there is a
+    405 naming GET, not a 422 from PUT). Ids are checked by ``check_item_id``, not by routing."""
+    regex = rf".+(?<!{IMAGE_SUFFIX})"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("item_id", ItemIdConvertor())
 
 
 class ApiError(Exception):
@@ -27,8 +50,9 @@ def resolve_image_path(path: str, image_root: str | None) -> Path:
     """A request's image path as a real file inside ``serve.image_root``.
 
     realpath resolves ``..`` and symlinks *before* the containment check, so neither traversal
-    nor a symlink pointing out of the root reaches a file outside it. Messages never echo the
-    server's folders.
+    nor a symlink pointing out of the root reaches a file outside it. A path outside the root is
+    answered like a missing file (404: the folder holds no such image), so a client learns
+    nothing about the server's files; messages never echo the server's folders.
     """
     if image_root is None:
         raise ApiError(400, "image_path is disabled on this server (serve.image_root is not set); "
@@ -37,12 +61,10 @@ def resolve_image_path(path: str, image_root: str | None) -> Path:
     try:
         resolved = os.path.realpath(os.path.join(root, path))
     except ValueError:  # e.g. an embedded NUL byte
-        raise ApiError(400, "image_path is not a valid path") from None
-    if os.path.commonpath([root, resolved]) != root:
-        raise ApiError(400, "image_path must point inside the server's image folder "
-                            "(serve.image_root); give a path relative to it")
-    if not os.path.isfile(resolved):
-        raise ApiError(400, f"image_path {path!r}: no such image file in the image folder")
+        raise ApiError(404, "image_path is not a valid path: no such image file") from None
+    if os.path.commonpath([root, resolved]) != root or not os.path.isfile(resolved):
+        raise ApiError(404, f"image_path {path[:200]!r}: no such image file in the server's "
+                            f"image folder (serve.image_root); give a path relative to it")
     return Path(resolved)
 
 
@@ -76,8 +98,18 @@ def check_attributes(attributes: Mapping[str, str], keys: Sequence[str]) -> dict
 def check_item_id(item_id: str) -> str:
     """Ids are URL path segments joined by '/', like the catalog's ('iconic/Bravo-Apple-Juice')."""
     if (len(item_id) > MAX_ITEM_ID_CHARS or not ITEM_ID_PATTERN.fullmatch(item_id)
-            or item_id.endswith("/image") or any(s in (".", "..") for s in item_id.split("/"))):
+            or item_id.endswith(IMAGE_SUFFIX)):
         raise ApiError(422, f"invalid item id {item_id[:60]!r}: use 1..{MAX_ITEM_ID_CHARS} of "
                             f"A-Z a-z 0-9 . _ ~ - in '/'-separated segments (not '.', '..', "
                             f"and not ending in '/image')")
     return item_id
+
+
+def single_values(form: Any) -> dict[str, Any]:
+    """A multipart form (starlette FormData) as a dict; a field sent twice is a 422, not a
+    silent pick of one of its values."""
+    items = form.multi_items()
+    repeated = sorted(name for name, n in Counter(name for name, _ in items).items() if n > 1)
+    if repeated:
+        raise ApiError(422, f"form field(s) {repeated} sent more than once; send each once")
+    return dict(items)

@@ -35,7 +35,7 @@ def test_absolute_paths_inside_the_root_are_accepted(roots):
 def test_escapes_and_non_files_are_refused(roots, path):
     with pytest.raises(ApiError) as error:
         resolve_image_path(path, str(roots))
-    assert error.value.status == 400 and str(roots.parent) not in error.value.message
+    assert error.value.status == 404 and str(roots.parent) not in error.value.message
 
 
 def test_paths_are_refused_without_an_image_root(roots):
