@@ -132,3 +132,34 @@ def postgres_url() -> Iterator[str]:
     finally:
         pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+AUTH_TOKEN = "test-token-s3cret"
+AUTHED_PREFIX = "/authed"
+
+
+@pytest.fixture(scope="package")
+def authed_app(live_app) -> LiveApp:
+    """The live app's backends behind a second ingress that needs ``serve.auth_token``, served
+    by the same Serve proxy under /authed: auth is tested over real HTTP without a second index
+    or model (the ingress holds handles to the first app's Embedder, Retriever and generator)."""
+    import dataclasses
+
+    from ray import serve
+
+    from afmrl.serve.catalog import IndexSource
+    from afmrl.serve.config_gen import APP_NAME
+    from afmrl.serve.launch import wait_healthy
+    from serve_apps.search_app import SearchIngress
+
+    config = dataclasses.replace(live_app.config, serve=dataclasses.replace(
+        live_app.config.serve, auth_token=AUTH_TOKEN))
+    handles = [serve.get_deployment_handle(name, app_name=APP_NAME)
+               for name in ("Embedder", "Retriever", "AttributeGenerator")]
+    ingress = SearchIngress.options(num_replicas=1, autoscaling_config=None,
+                                    ray_actor_options={"num_cpus": 0})
+    serve.run(ingress.bind(*handles, IndexSource.read(live_app.index_dir), config),
+              name="afmrl-authed", route_prefix=AUTHED_PREFIX, blocking=False)
+    url = live_app.url + AUTHED_PREFIX
+    wait_healthy(url, config.serve, config.ray.call_timeout_s)
+    return LiveApp(url, config, live_app.index_dir, live_app.image_root)
