@@ -82,6 +82,7 @@ def run_sft(config: AfmrlConfig, base: Path, out: Path, examples: list) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from afmrl.utils.console import ray_train_logging
     from afmrl.utils.device import check_workers, sft_workers
     from afmrl.utils.ray_utils import preflight
 
@@ -97,7 +98,8 @@ def run_sft(config: AfmrlConfig, base: Path, out: Path, examples: list) -> None:
         torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
                                  timeout_s=int(config.train.step_timeout_s)),
         run_config=RunConfig(name=f"sft-{out.name}",
-                             storage_path=str(RunLayout.of(config).root / "extract" / "ray")),
+                             storage_path=str(RunLayout.of(config).root / "extract" / "ray"),
+                             logging_config=ray_train_logging()),
     ).fit()
 
 

@@ -343,6 +343,7 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from afmrl.utils.console import ray_train_logging
     from afmrl.utils.ray_utils import preflight
 
     rl = config.rl
@@ -379,7 +380,8 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
             torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
                                      timeout_s=int(config.train.step_timeout_s)),
             run_config=RunConfig(name=f"rar-{ckpt_dir.name}",
-                                 storage_path=str(layout.rar / "ray")),
+                                 storage_path=str(layout.rar / "ray"),
+                                 logging_config=ray_train_logging()),
         ).fit()
     finally:
         reward.shutdown()

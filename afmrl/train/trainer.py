@@ -33,7 +33,7 @@ from afmrl.layout import RunLayout
 from afmrl.tracking import WorkerMetricLogger
 from afmrl.eval.protocol import EvalSet
 from afmrl.train.data import PairSet
-from afmrl.utils.console import TrainProgress, metrics_table
+from afmrl.utils.console import TrainProgress, metrics_table, ray_train_logging
 from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
@@ -308,7 +308,8 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
         torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
                                  timeout_s=int(train.step_timeout_s)),
         run_config=RunConfig(name=f"agcl-{tag}", storage_path=str(out_dir / "ray"),
-                             failure_config=FailureConfig(max_failures=max_failures)))
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             logging_config=ray_train_logging()))
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started

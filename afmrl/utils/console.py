@@ -46,7 +46,12 @@ QUIET_ENV = {
     "GLOG_minloglevel": "2",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "RAY_BACKEND_LOG_LEVEL": "fatal",  # C++ core-worker lines (e.g. the PreemptionWatcher one)
 }
+# Only in Ray workers: their output reaches the console line by line, so a bar redraws rarely.
+WORKER_ENV = {"TQDM_MININTERVAL": "15"}
 
 # Known warnings, filtered by message (regular expressions matched at the message start).
 QUIET_WARNINGS = (
@@ -74,17 +79,31 @@ def quiet_libraries() -> None:
     if is_verbose():
         return
     for name, level in QUIET_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        # Some libraries (DeepSpeed) reset their logger's level when imported: a filter stays.
+        if not any(isinstance(f, _MinLevel) for f in logger.filters):
+            logger.addFilter(_MinLevel(level))
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:  # transformers keeps its own verbosity
+    try:  # transformers keeps its own verbosity and its sub-second loading bars
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     except Exception:  # noqa: BLE001 - not installed / not importable: nothing to quiet
         pass
+
+
+class _MinLevel(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 def worker_setup_hook() -> None:
@@ -113,7 +132,15 @@ def ray_runtime_env() -> dict[str, Any]:
     if is_verbose():
         return {}
     return {"worker_process_setup_hook": "afmrl.utils.console.worker_setup_hook",
-            "env_vars": {VERBOSE_ENV: "0", **QUIET_ENV}}
+            "env_vars": {VERBOSE_ENV: "0", **QUIET_ENV, **WORKER_ENV}}
+
+
+def ray_train_logging():
+    """Ray Train's ``RunConfig(logging_config=...)``: its controller and workers log warnings
+    and errors only (resource requests, worker-group start-up lines), all with --verbose."""
+    from ray.train import LoggingConfig
+
+    return LoggingConfig(log_level="INFO" if is_verbose() else "WARNING")
 
 
 def format_seconds(seconds: float) -> str:

@@ -30,6 +30,7 @@ def init_ray(config: RayConfig) -> dict[str, float]:
         address = config.address or os.environ.get("RAY_ADDRESS")
         from afmrl.utils.console import quiet_libraries, ray_runtime_env
 
+        quiet_libraries()  # before Ray logs its start-up lines
         kwargs: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True,
                                   "runtime_env": ray_runtime_env()}
         if address:
