@@ -32,6 +32,7 @@ QUIET_LOGGERS = {
     "datasets": logging.ERROR, "accelerate": logging.ERROR, "trl": logging.ERROR,
     "uvicorn": logging.WARNING, "uvicorn.access": logging.WARNING, "fastapi": logging.WARNING,
     "torch._dynamo": logging.ERROR, "sentence_transformers": logging.ERROR,
+    "torch": logging.ERROR,  # e.g. "Triton not available" in every process
 }
 
 # Environment the libraries read when they start (inherited by a local Ray cluster's workers).
@@ -49,6 +50,7 @@ QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "RAY_BACKEND_LOG_LEVEL": "fatal",  # C++ core-worker lines (e.g. the PreemptionWatcher one)
+    "TORCH_CPP_LOG_LEVEL": "ERROR",    # C++ warnings such as "NUMA binding: Using MEMBIND"
 }
 # Only in Ray workers: their output reaches the console line by line, so a bar redraws rarely.
 WORKER_ENV = {"TQDM_MININTERVAL": "15"}
@@ -66,7 +68,9 @@ QUIET_WARNINGS = (
 NOISE_MARKERS = (
     "Could not load library with AVX", "Loading faiss with", "Successfully loaded faiss",
     "PreemptionWatcher", "DeprecationWarning", "FutureWarning", "[WARNING] [real_accelerator",
-    "Setting ds_accelerator", "[INFO] [", "Gracefully aborting",
+    "Setting ds_accelerator", "[INFO] [", "Gracefully aborting", "Started a local Ray instance",
+    "mlflow.store.db.utils", "Requesting resources:", "Setting up process group",
+    "Triton not available", "NUMA binding", "core_worker.cc",
 )
 
 
