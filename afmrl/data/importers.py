@@ -192,7 +192,7 @@ def column_roles(tables: list[CsvTable]) -> ColumnRoles:
     ``text``; short ones are key/value ``attributes`` and also readable in ``text``; a price
     column is an attribute only. A 'category' column also gives ``coarse_group``.
     """
-    header = [h for h in tables[0].header if h.lower() != "id"]
+    header = list(dict.fromkeys(h for t in tables for h in t.header if h.lower() != "id"))
     values: dict[str, list[str]] = {h: [] for h in header}
     for table in tables:
         for name in header:

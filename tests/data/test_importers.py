@@ -86,13 +86,14 @@ def test_title_falls_back_to_first_text_column_and_category_is_coarse_group(tmp_
     root.mkdir()
     write_csv(root / "tableA.csv", [["id", "price", "productName", "category"],
                                     ["1", "3.5", "usb cable 2m", "Cables"]])
-    write_csv(root / "tableB.csv", [["id", "price", "productName", "category"],
-                                    ["1", "4", "USB-Kabel 2 m", "Cables"],
-                                    ["2", "9", "hdmi switch", "Video"]])
+    write_csv(root / "tableB.csv", [["id", "price", "productName", "category", "ean"],
+                                    ["1", "4", "USB-Kabel 2 m", "Cables", "4006381333931"],
+                                    ["2", "9", "hdmi switch", "Video", ""]])
     write_csv(root / "test.csv", [["ltable_id", "rtable_id", "label"], ["1", "1", "1"]])
     frame = import_pairs(root).set_index("item_id")
     assert frame.loc["a:1", "title"] == "usb cable 2m"
     assert frame.loc["b:2", "coarse_group"] == "Video"
+    assert frame.loc["b:1", "text"] == "category: Cables; ean: 4006381333931"  # B-only column kept
     assert frame.loc["a:1", "coarse_group_id"] == frame.loc["b:1", "coarse_group_id"] != \
         frame.loc["b:2", "coarse_group_id"]
 
