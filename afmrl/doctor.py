@@ -21,17 +21,19 @@ from afmrl.config import AfmrlConfig, ConfigError, load_config
 
 GIB = 1024 ** 3
 
-# Measured on the 2-core CPU machine (tiny models, quiet machine): `make demo` with
-# configs/demo.yaml and the issue #16 timing of the full profile (see README "Stage timings").
+# Measured on this project's 2-core CPU machine while other jobs shared it (tiny models): the
+# demo profile's extract stage (150 SFT steps, 561 rows: 222 s) and issue #16's timing of the
+# full profile (README "Stage timings"). Rough by design: they drive ETAs and --dry-run.
 MEASURED_RATES = {
-    "sft_s_per_step": 0.25,        # tiny generator distillation, batch 8
-    "engine_start_s": 30.0,        # one vLLM CPU actor (or transformers) incl. Ray Data start
-    "extract_rows_per_s": 22.0,    # photos/items labelled per second, one actor
+    "sft_start_s": 30.0,           # the SFT Ray Train worker group
+    "sft_s_per_step": 0.4,         # tiny generator distillation, batch 8
+    "engine_start_s": 45.0,        # one vLLM CPU actor (or transformers) incl. Ray Data start
+    "extract_rows_per_s": 10.0,    # photos/items labelled per second, one actor
     "train_start_s": 45.0,         # Ray Train worker group + DeepSpeed init, per AGCL run
     "train_pairs_per_s": 9.0,      # AGCL pairs per second, all workers, image side 96
     "eval_queries_per_s": 60.0,    # benchmark queries embedded + searched per second
-    "rl_s_per_completion": 0.6,    # GRPO: per completion (rollout + reward + update)
-    "rl_start_s": 20.0,
+    "rl_s_per_completion": 0.15,   # GRPO: per completion (rollout + reward + update)
+    "rl_start_s": 30.0,
     "index_s": 6.0,
     "serve_s": 35.0,
 }
@@ -70,7 +72,8 @@ def estimate_stage_seconds(config: AfmrlConfig, catalog=None) -> dict[str, float
     one_agcl = (r["train_start_s"] + epochs * pairs * image_factor / r["train_pairs_per_s"]
                 + evals * eval_queries / r["eval_queries_per_s"])
     stages = {
-        "extract": config.extract.sft_steps * r["sft_s_per_step"] + extract,
+        "extract": (r["sft_start_s"] + config.extract.sft_steps * r["sft_s_per_step"]
+                    if config.extract.sft_steps else 0.0) + extract,
         "train": 2 * one_agcl,  # the InfoNCE baseline and AGCL
         "rar": r["rl_start_s"] + config.rl.max_steps * config.rl.generation_batch_size
         * r["rl_s_per_completion"],
