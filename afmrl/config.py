@@ -298,7 +298,9 @@ class EvalConfig:
 class RetrievalConfig:
     mode: Literal["dense", "lexical", "hybrid"] = doc(
         "Ranking: the FAISS index (dense), the tantivy BM25 index (lexical) or both fused "
-        "(hybrid). The serving default; a /search request may override it.", "hybrid")
+        "(hybrid). The serving default; a /search request may override it. dense by default: "
+        "the default catalog's queries are photos, which have no text to match lexically; "
+        "use hybrid for text catalogs (README, Hybrid retrieval).", "dense")
     fusion: Literal["rrf", "convex"] = doc(
         "Hybrid fusion: weighted reciprocal rank fusion, or a convex combination of min-max "
         "normalised scores.", "rrf")

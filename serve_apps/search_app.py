@@ -90,7 +90,8 @@ def search_app(config: AfmrlConfig, index_dir: str | Path, generator: str | None
     embedder = Embedder.options(**options["Embedder"]).bind(source, config)
     retriever = Retriever.options(**options["Retriever"]).bind(source.index_dir, config.ray,
                                                                SHARD_CPUS,
-                                                               config.serve.update_store)
+                                                               config.serve.update_store,
+                                                               config.retrieval)
     attributes = AttributeGenerator.options(**options["AttributeGenerator"]).bind(
         generator, config) if generator else None
     return SearchIngress.options(**options["SearchIngress"]).bind(

@@ -23,7 +23,7 @@ def test_results_table_has_a_row_for_every_trained_model(shared_data, tmp_path):
         save_embedder(build_embedder(config.models, layout.models, 32), layout.embedder(tag))
     table = pipeline.results_table()
     rows = {row["system"]: row for row in table.rows}
-    assert list(rows) == ["tfidf", "bm25", "zero_shot", "infonce", "agcl"]
+    assert list(rows) == ["tfidf", "bm25", "lexical", "zero_shot", "infonce", "agcl"]
     test_rows = pipeline.catalog[pipeline.catalog["split"] == "test"]
     queries = int((test_rows.groupby("group_id").size() >= 2).sum())
     assert all(math.isfinite(row["recall_at_1"]) for row in table.rows)

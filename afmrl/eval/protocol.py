@@ -216,6 +216,41 @@ def rank_bm25(eval_set: EvalSet, depth: int, k1: float = 1.2, b: float = 0.75) -
                           depth, eval_set.query_positions)
 
 
+def rank_lexical(eval_set: EvalSet, depth: int) -> Ranking:
+    """The tantivy lexical index (``afmrl.index.lexical``, what serving uses) over the gallery:
+    title + text in the word/code/n-gram fields, attributes in their own field."""
+    from afmrl.index.lexical import ShardedLexicalIndex
+
+    _require_text(eval_set, "the lexical index")
+    index = ShardedLexicalIndex.build({"item_id": np.arange(len(eval_set.gallery_texts)),
+                                       "title": eval_set.gallery_texts,
+                                       "attribute_text": eval_set.gallery_attribute_texts}, 1)
+    # Leave-one-out: one more, since the query's own row comes back (dropped when scoring).
+    scores, ids = index.search(eval_set.query_texts, depth + eval_set.leave_one_out)
+    return ids, scores
+
+
+def rank_hybrid(dense: Ranking, lexical: Ranking, config, depth: int) -> Ranking:
+    """Dense and lexical rankings fused as ``config`` (a ``RetrievalConfig``) says."""
+    from afmrl.index.fusion import fuse
+
+    scores, ids = fuse((dense[1], dense[0]), (lexical[1], lexical[0]), config, depth)
+    return ids, scores
+
+
+def tune_hybrid(eval_set: EvalSet, dense: Ranking, lexical: Ranking, ks: Sequence[int], base):
+    """Fusion weights maximising Recall@1 (MRR breaks ties) on this (validation) set; returns
+    the chosen ``RetrievalConfig`` and the sweep."""
+    from afmrl.index.fusion import tune
+
+    def objective(ids: np.ndarray) -> float:
+        metrics = score_ranking(eval_set, (ids, np.zeros(ids.shape, np.float32)), ks)
+        return metrics["recall_at_1"] + 1e-3 * metrics["mrr"]
+
+    return tune((dense[1], dense[0]), (lexical[1], lexical[0]), objective, base,
+                dense[0].shape[1])
+
+
 # -- scoring ------------------------------------------------------------------------------------
 def _without_self(eval_set: EvalSet, indices: np.ndarray) -> np.ndarray:
     """Leave-one-out: a query's own position never counts (moved to the end as -1 padding)."""

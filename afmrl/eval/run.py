@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from afmrl.config import AfmrlConfig
-from afmrl.eval.protocol import EvalSet, build_eval_set
-from afmrl.eval.table import EvalTable
+from afmrl.eval.protocol import EvalSet, build_eval_set, ranking_depth
+from afmrl.eval.table import ZERO_SHOT, EvalTable
 from afmrl.layout import RunLayout
 
 EMBEDDER_TAGS = ("cit", "agcl", "infonce")  # newest recipe first
@@ -74,8 +74,34 @@ def evaluate_catalog(config: AfmrlConfig, split: str, embedder: Path | None, bas
     table = EvalTable(split, tuple(config.eval.ks))
     if tag is None:
         table.notes.append("no generated attributes: items and queries as the catalog has them")
+    models = {ZERO_SHOT: untrained_embedder(config)} if baselines else {}
     if baselines:
-        table.add_baselines(eval_set, untrained_embedder(config))
+        table.add_baselines(eval_set, models[ZERO_SHOT])
     if embedder is not None:
-        table.add_model(system_name(embedder), load_embedder(embedder), eval_set)
+        models[system_name(embedder)] = load_embedder(embedder)
+        table.add_model(system_name(embedder), models[system_name(embedder)], eval_set)
+    if "lexical" in table.rankings:
+        add_hybrid_rows(config, catalog, tag, table, eval_set, models)
     return table
+
+
+def add_hybrid_rows(config: AfmrlConfig, catalog: pd.DataFrame, tag: str | None,
+                    table: EvalTable, eval_set, models: dict) -> None:
+    """``<model>+lexical`` rows: each model's dense ranking fused with the lexical one, the
+    fusion tuned on the catalog's ``val`` split when it has one (else ``retrieval.*``)."""
+    from afmrl.eval.protocol import rank_dense, rank_hybrid, rank_lexical, tune_hybrid
+    from afmrl.index.fusion import describe
+
+    depth = ranking_depth(table.ks)
+    has_val = table.split != "val" and "val" in set(catalog["split"])
+    val_set = labelled_eval_set(config, catalog, "val", tag) if has_val else None
+    val_lexical = rank_lexical(val_set, depth) if has_val else None
+    for name, model in models.items():
+        fusion, where = config.retrieval, "retrieval.* defaults (no val split)"
+        if has_val:
+            fusion, _ = tune_hybrid(val_set, rank_dense(model, val_set, depth), val_lexical,
+                                    table.ks, config.retrieval)
+            where = "tuned on val"
+        table.add(f"{name}+lexical", eval_set,
+                  rank_hybrid(table.rankings[name], table.rankings["lexical"], fusion, depth))
+        table.notes.append(f"{name}+lexical: hybrid {describe(fusion)}, {where}")

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from afmrl.eval.protocol import (WITHIN_GROUP_R1, EvalSet, Ranking, rank_bm25, rank_dense,
-                                 rank_tfidf, ranking_depth, score_by_group, score_ranking)
+                                 rank_lexical, rank_tfidf, ranking_depth, score_by_group,
+                                 score_ranking)
 from afmrl.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 # Text-only systems scored next to every embedder (``--baselines``); name -> ranker. Lexical and
 # hybrid systems of afmrl.index register here too, with the same Ranking shape.
 TEXT_BASELINES: dict[str, Callable[[EvalSet, int], Ranking]] = {"tfidf": rank_tfidf,
-                                                                 "bm25": rank_bm25}
+                                                                 "bm25": rank_bm25,
+                                                                 "lexical": rank_lexical}
 ZERO_SHOT = "zero_shot"
 COLUMNS = ("recall_at_1", "recall_at_5", "recall_at_10", "map_at_10", "mrr", WITHIN_GROUP_R1)
 HEADERS = {"recall_at_1": "R@1", "recall_at_5": "R@5", "recall_at_10": "R@10",
@@ -30,9 +32,11 @@ class EvalTable:
     rows: list[dict[str, Any]] = field(default_factory=list)
     groups: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    rankings: dict[str, Ranking] = field(default_factory=dict)  # for fusing them afterwards
 
     def add(self, system: str, eval_set: EvalSet, ranking: Ranking) -> dict[str, Any]:
         row = {"system": system, **score_ranking(eval_set, ranking, self.ks)}
+        self.rankings[system] = ranking
         self.rows.append(row)
         self.groups[system] = score_by_group(eval_set, ranking, self.ks)
         return row

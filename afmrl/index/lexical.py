@@ -419,3 +419,28 @@ def attribute_prose(attributes: Mapping[str, str] | str, keys: Iterable[str] | N
         attributes = json.loads(attributes) if attributes.strip() else {}
     keys = list(attributes) if keys is None else [k for k in keys if k in attributes]
     return " ".join(str(attributes[k]) for k in keys if attributes[k])
+
+
+def lexical_rows(items: Any, attribute_keys: Iterable[str] | None = None) -> dict[str, list]:
+    """Catalog rows (a DataFrame or records with item_id, title, text, attributes) as the
+    fields ``ShardedLexicalIndex.build``/``add`` index."""
+    records = items.to_dict("records") if hasattr(items, "to_dict") else list(items)
+    keys = None if attribute_keys is None else list(attribute_keys)
+    return {"item_id": [r["item_id"] for r in records],
+            "title": [r.get("title") or "" for r in records],
+            "text": [r.get("text") or "" for r in records],
+            "attribute_text": [attribute_prose(r.get("attributes") or {}, keys)
+                               for r in records]}
+
+
+def build_catalog_lexical(gallery: Any, attribute_keys: Iterable[str], num_shards: int,
+                          index_dir: str | Path) -> Path:
+    """The lexical index of the gallery rows the FAISS index in ``index_dir`` holds, written
+    to ``index_dir/lexical`` (all or nothing), fingerprinted with their ``content_hash``."""
+    target = Path(index_dir) / LEXICAL_DIR
+    with atomic_path(target) as tmp:
+        index = ShardedLexicalIndex.build(lexical_rows(gallery, attribute_keys), num_shards,
+                                          path=tmp,
+                                          content_hashes=gallery["content_hash"].tolist())
+        index.save(tmp)
+    return target

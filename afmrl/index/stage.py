@@ -1,6 +1,7 @@
 """Index stage: embed the catalog gallery with a trained embedder and save a sharded index.
 
-Beside the FAISS shards it writes ``items.parquet`` (what a search result shows: title, image,
+Beside the FAISS shards it writes the lexical index (``lexical/``, same rows and shard count)
+and ``items.parquet`` (what a search result shows: title, image,
 attributes) so serving needs nothing but this folder and the embedder it names.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.Da
                         out_dir: Path, tracker=None) -> Path:
     """Embed every usable catalog item (split 'catalog') in an ``EmbedderActor`` on the device
     ``models.inference_gpus`` asks for, and save the sharded index."""
+    from afmrl.index.lexical import build_catalog_lexical
     from afmrl.index.sharded import ShardedIndex
     from afmrl.rl.reward import EmbedderActor
     from afmrl.train.data import catalog_inputs, usable
@@ -49,9 +51,11 @@ def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.Da
         index.save(out_dir)
     finally:
         index.shutdown()
+    build_catalog_lexical(gallery, config.extract.attribute_keys, config.index.num_shards,
+                          out_dir)
     with atomic_path(out_dir / ITEMS_FILE) as tmp:
         gallery[["item_id", "group_id", "title", "text", "image_uri", "attributes",
-                 "coarse_group"]].to_parquet(tmp, index=False)
+                 "coarse_group", "content_hash"]].to_parquet(tmp, index=False)
     atomic_write_json(out_dir / SOURCE_FILE, {"embedder": str(Path(embedder_path).resolve()),
                                               "model_hash": model_hash,
                                               "dim": int(embeddings.shape[1])})

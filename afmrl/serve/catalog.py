@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy
 
-from afmrl.config import RayConfig
+from afmrl.config import RayConfig, RetrievalConfig
 from afmrl.extract.stage import parse_json
 from afmrl.index.faiss_index import MANIFEST, IndexMismatchError
+from afmrl.index.fusion import load_tuned, rank
+from afmrl.index.lexical import LEXICAL_DIR, ShardedLexicalIndex, items_fingerprint, lexical_rows
 from afmrl.index.sharded import DEFAULT_ACTOR_CPUS, ShardedIndex, gather_from_actors
 from afmrl.index.stage import ITEMS_FILE, SOURCE_FILE
 from afmrl.serve.filters import AttributeIndex, filtered_search
@@ -204,8 +207,8 @@ class Catalog:
     """
 
     def __init__(self, index_dir: str | Path, ray_config: RayConfig,
-                 shard_cpus: float = DEFAULT_ACTOR_CPUS, update_store: str | None = None
-                 ) -> None:
+                 shard_cpus: float = DEFAULT_ACTOR_CPUS, update_store: str | None = None,
+                 retrieval: RetrievalConfig = RetrievalConfig()) -> None:
         self.source = IndexSource.read(index_dir)
         self.journal = UpdateStore(update_store_url(update_store, self.source.index_dir),
                                    catalog_key(self.source.index_dir))
@@ -215,11 +218,28 @@ class Catalog:
         self.timeout_s = ray_config.call_timeout_s
         self.items: dict[str, dict[str, Any]] = {}
         self.attributes = AttributeIndex()
-        for row in pd.read_parquet(self.source.index_dir / ITEMS_FILE).to_dict("records"):
+        saved_items = pd.read_parquet(self.source.index_dir / ITEMS_FILE)
+        for row in saved_items.to_dict("records"):
             self._remember(row)
+        self.lexical = self._open_lexical(saved_items, len(self.index.shards))
+        self.retrieval = load_tuned(self.source.index_dir, retrieval)
         self.applied = 0
         self.lock = threading.Lock()
         self._sync()
+
+    def _open_lexical(self, saved_items: pd.DataFrame, num_shards: int
+                      ) -> ShardedLexicalIndex | None:
+        """The lexical index beside the FAISS one, refused unless it holds the same rows; a
+        replica works on a private hard-linked copy (updates come from the log, like FAISS).
+        None for an index built before lexical indexes existed (dense only)."""
+        path = self.source.index_dir / LEXICAL_DIR
+        if not path.is_dir():
+            return None
+        self._lexical_copy = tempfile.TemporaryDirectory(prefix="afmrl-lexical-")
+        fingerprint = items_fingerprint(saved_items["item_id"], saved_items["content_hash"]) \
+            if "content_hash" in saved_items else None
+        return ShardedLexicalIndex.load(path, fingerprint, num_shards,
+                                        Path(self._lexical_copy.name) / LEXICAL_DIR)
 
     def _remember(self, row: dict[str, Any]) -> None:
         item = {**row, "group_id": int(row["group_id"]),
@@ -246,6 +266,8 @@ class Catalog:
         if puts:
             self.index.add(np.stack([decode_vector(r["vector"]) for r in puts]),
                            [r["item"]["item_id"] for r in puts])
+        if self.lexical is not None:
+            self._apply_lexical(list(final), [r["item"] for r in puts])
         for item_id, record in final.items():
             if record["op"] == "put":
                 self._remember(record["item"])
@@ -253,24 +275,57 @@ class Catalog:
                 self._forget(item_id)
         self.applied += len(records)
 
+    def _apply_lexical(self, changed_ids: list[str], put_items: list[dict[str, Any]]) -> None:
+        """The same batch on the lexical index: the second write after FAISS (a replica dying
+        between the two loses neither: both are rebuilt from the saved index and the log)."""
+        self.lexical.remove(changed_ids)
+        if put_items:
+            self.lexical.add(lexical_rows(put_items))
+        self.lexical.commit()
+
     def count(self) -> int:
         with self.lock:
             self._sync()
             return len(self.items)
 
-    def search(self, vector: np.ndarray, k: int, filters: dict[str, str]
+    def search(self, vector: np.ndarray | None, k: int, filters: dict[str, str],
+               text: str = "", mode: str = "dense", attribute_text: str = ""
                ) -> list[dict[str, Any]]:
-        """The k best items passing ``filters`` (exact, see ``filtered_search``), best first."""
-        query = np.asarray(vector, dtype=np.float32)[None]
+        """The k best items passing ``filters`` (exact, see ``filtered_search``), best first.
+
+        ``mode``: the FAISS ranking of ``vector``, the lexical ranking of ``text`` (and the
+        query's ``attribute_text``), or both fused (``retrieval``: tuned values saved with the
+        index, else the configured ones). Filters apply to each source *before* fusion, so a
+        selective filter still gets ``candidates`` matching items from each.
+        """
+        if mode != "dense" and self.lexical is None:
+            raise LookupError(f"the index at {self.source.index_dir} has no lexical part (built "
+                              f"before hybrid retrieval); rebuild it with `afmrl index` or "
+                              f"search with mode=dense")
+        depth = k if mode != "hybrid" else max(k, self.retrieval.candidates)
         with self.lock:
             self._sync()
+            allowed = self.attributes.matching(filters)
 
-            def ranked(n: int) -> tuple[np.ndarray, np.ndarray]:
-                scores, ids = self.index.search(query, n)
+            def dense_ranked(n: int) -> tuple[np.ndarray, np.ndarray]:
+                scores, ids = self.index.search(np.asarray(vector, dtype=np.float32)[None], n)
                 return scores[0], ids[0]
 
-            hits = filtered_search(ranked, k, self.attributes.matching(filters), len(self.items))
-            return [{**self.items[item_id], "score": score} for score, item_id in hits]
+            def lexical_ranked(n: int) -> tuple[np.ndarray, np.ndarray]:
+                scores, ids = self.lexical.search([text], n, [attribute_text])
+                return scores[0], ids[0]
+
+            def source(ranked: Any) -> Any:
+                def filtered() -> tuple[np.ndarray, np.ndarray]:
+                    hits = filtered_search(ranked, depth, allowed, len(self.items))
+                    return (np.array([[s for s, _ in hits]], dtype=np.float32).reshape(1, -1),
+                            np.array([[i for _, i in hits]], dtype=str).reshape(1, -1))
+                return filtered
+
+            scores, ids = rank(mode, source(dense_ranked), source(lexical_ranked),
+                               self.retrieval, k, self.index.config.metric == "ip")
+            return [{**self.items[item_id], "score": float(score)}
+                    for score, item_id in zip(scores[0][:k], ids[0][:k]) if item_id]
 
     def get(self, item_id: str) -> dict[str, Any] | None:
         with self.lock:

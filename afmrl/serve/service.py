@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError
 
 from afmrl.config import AfmrlConfig
 from afmrl.data.images import decode_image
+from afmrl.index.lexical import attribute_prose
 from afmrl.models.embedders import EmbedInput
 from afmrl.serve.catalog import IndexSource
 from afmrl.serve.enrich import enriched_text
@@ -95,6 +96,11 @@ class SearchService:
         text = query.text.strip()
         if not text and image is None:
             raise ApiError(422, "empty query: send text, an image, or both")
+        mode = query.mode or self.config.retrieval.mode
+        if mode == "lexical" and not text:
+            raise ApiError(422, "mode=lexical needs query text (a photo alone can only be "
+                                "searched with mode=dense or hybrid)")
+        lexical_text = text
         attributes: dict[str, str] = {}
         if query.enrich or (query.enrich is None and self.generator is not None):
             if self.generator is None:
@@ -103,8 +109,10 @@ class SearchService:
                                     "--generator PATH)")
             attributes = await self._call(self.generator.attributes, (text, image))
             text = enriched_text(text, attributes, self.keys)
-        vector = await self._call(self.embedder.embed, EmbedInput(text, image))
-        hits = await self._call(self.retriever.search, vector, query.k, filters)
+        vector = None if mode == "lexical" else \
+            await self._call(self.embedder.embed, EmbedInput(text, image))
+        hits = await self._call(self.retriever.search, vector, query.k, filters, lexical_text,
+                                mode, attribute_prose(attributes, self.keys))
         return SearchResponse(hits=[Hit(**self._public(h, root_path), score=h["score"])
                                     for h in hits],
                               query_text=text, query_attributes=attributes)

@@ -30,9 +30,10 @@ def test_eval_with_baselines_on_a_user_catalog(tmp_path, ray_local, capsys):
     printed = capsys.readouterr().out
     assert "| system | R@1 | R@5 | R@10 | mAP@10 | MRR |" in printed
     rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"tfidf", "bm25", "zero_shot"}
+    assert set(rows) == {"tfidf", "bm25", "lexical", "zero_shot", "zero_shot+lexical"}
     # Each query's title contains its product's catalog title: the lexical baselines are exact.
     assert rows["tfidf"]["recall_at_1"] == 1.0 and rows["bm25"]["recall_at_1"] == 1.0
+    assert rows["lexical"]["recall_at_1"] == 1.0
     assert rows["tfidf"]["num_queries"] == 6.0
     assert out.with_suffix(".md").read_text().startswith("| system |")
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
