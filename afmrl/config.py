@@ -337,6 +337,10 @@ class RLConfig:
         "Reward = Recall@k of the enriched query. The paper's k=50 is for large galleries "
         "(configs/gpu.yaml); over the 81-item grocery gallery it saturates, hence 10.", 10)
     malformed_penalty: float = doc("Reward for output that does not parse into the schema.", -0.1)
+    reward_retrieval: Literal["dense", "hybrid"] = doc(
+        "Ranking the reward scores: the embedder alone, or fused with the lexical index over "
+        "the gallery's title + text + attributes (generated attributes are text a lexical "
+        "field rewards), as retrieval.* says.", "dense")
     drop_uniform_groups: bool = doc("Drop groups whose samples all get the same reward.", False)
     max_steps: int = doc("GRPO optimizer steps.", 30)
     max_completion_tokens: int = doc("Completion budget per rollout.", 64)

@@ -33,7 +33,7 @@ import ray
 
 from afmrl.config import AfmrlConfig, EvalConfig, IndexConfig, RLConfig, replace
 from afmrl.extract.schema import attribute_text, parse_attributes
-from afmrl.index.evaluator import RecallEvaluator
+from afmrl.index.evaluator import HybridGallery, RecallEvaluator
 from afmrl.models.embedders import EmbedInput, embed, item_text, load_embedder
 from afmrl.utils.device import (Placement, inference_embedder, recall_evaluators,
                                  torch_device)
@@ -153,11 +153,13 @@ class RecallReward:
             gallery = get_with_timeout(embedder.embed.remote(inputs), rl.reward_timeout_s,
                                        "embedding the reward gallery")
             depth = max(rl.recall_k, min(len(products), RANK_DEPTH))
+            hybrid = HybridGallery(tuple(i.text for i in inputs), config.retrieval) \
+                if rl.reward_retrieval == "hybrid" else None
             evaluator = RecallEvaluator.get_or_create(
                 name, gallery, products, EXACT,
                 EvalConfig(ks=(rl.recall_k, depth), num_evaluators=config.eval.num_evaluators),
                 replace(config.ray, call_timeout_s=rl.reward_timeout_s),
-                recall_evaluators(config).cpus)
+                recall_evaluators(config).cpus, hybrid)
         except BaseException:
             kill_actors([embedder])
             raise
@@ -181,7 +183,9 @@ class RecallReward:
                                   image=image_uris[i]) for i in rows]
             embeddings = get_with_timeout(self.embedder.embed.remote(queries),
                                           self.rl.reward_timeout_s, "reward embedder")
-            metrics = self.evaluator.evaluate(embeddings, np.asarray(products)[rows])
+            texts = [q.text for q in queries] if self.rl.reward_retrieval == "hybrid" else None
+            metrics = self.evaluator.evaluate(embeddings, np.asarray(products)[rows],
+                                              query_texts=texts)
             recall[rows] = metrics.recall[self.rl.recall_k]
             rank[rows] = np.minimum(metrics.first_rank, self.depth + 1)
             rewards[rows] = recall[rows]

@@ -126,3 +126,21 @@ def test_retrieval_config_validates():
         RetrievalConfig(alpha=1.5)
     with pytest.raises(ConfigError, match="not both 0"):
         RetrievalConfig(dense_weight=0.0, lexical_weight=0.0)
+
+
+def test_gallery_scorer_ranks_hybrid_when_given_query_texts():
+    """The RL reward's scorer: with dense vectors that cannot tell items apart, only the fused
+    lexical ranking puts each query's product first."""
+    from afmrl.config import IndexConfig
+    from afmrl.index.evaluator import GalleryScorer, HybridGallery
+
+    texts = ("sony dsc-w120p", "sony dsc-w130", "galaxy s9 64gb", "galaxy s9 128gb")
+    gallery = np.ones((4, 8), np.float32) / np.sqrt(8)  # every item ties: ids decide
+    hybrid = HybridGallery(texts, RetrievalConfig(dense_weight=0.3, lexical_weight=0.7))
+    scorer = GalleryScorer(gallery, np.arange(4), IndexConfig(kind="flat"), (1,), hybrid)
+    queries = np.ones((4, 8), np.float32) / np.sqrt(8)
+    query_texts = ["dscw120p", "DSC W130", "s9 64 gb", "galaxy 128gb"]
+    assert scorer.score(queries, np.arange(4)).recall[1].mean() == 0.25
+    assert scorer.score(queries, np.arange(4), query_texts=query_texts).recall[1].mean() == 1.0
+    left_out = scorer.score(queries, np.arange(4), np.arange(4), query_texts).recall[1]
+    assert left_out.mean() == 0.0  # leave-one-out drops each query's own (only) match
