@@ -141,9 +141,9 @@ def window_stats(outcomes: Sequence[Outcome], start: float, end: float) -> dict[
 class CatalogWorkload:
     """Searches mixed with live catalog writes, remembering which writes were acknowledged.
 
-    Every ``write_every``-th request PUTs a new item; the next write slot DELETEs the oldest
-    item whose PUT was already acknowledged (so each DELETE follows its PUT's answer, as a real
-    client's would). ``lost_writes`` then asks the server whether every acknowledged write held.
+    Every ``write_every``-th request is a write: two PUTs of new items, then a DELETE of the
+    oldest item whose PUT was already acknowledged (so each DELETE follows its PUT's answer, as
+    a real client's would), and so on. ``lost_writes`` then asks the server whether every acknowledged write held.
     """
 
     def __init__(self, queries: Sequence[dict[str, Any]], prefix: str, write_every: int = 4):
@@ -161,7 +161,7 @@ class CatalogWorkload:
             return "search", "POST", "/search", {"json": self.queries[n % len(self.queries)]}
         with self.lock:
             self.writes += 1
-            victim = self.deletable.pop(0) if self.writes % 2 == 0 and self.deletable else None
+            victim = self.deletable.pop(0) if self.writes % 3 == 0 and self.deletable else None
         if victim is not None:
             return "delete", "DELETE", f"/items/{victim}", {}
         item = f"{self.prefix}/{n}"
