@@ -116,6 +116,27 @@ def test_nan_and_inf_words_are_kept_as_text(tmp_path, value):
         assert frame.loc["b:1", "attributes"] == f'{{"price": "{value}"}}'
 
 
+@PROPERTY
+@given(images=st.lists(st.binary(max_size=64), min_size=1, max_size=4),
+       title=st.binary(max_size=40))
+def test_folder_of_random_files_records_every_image(tmp_path_factory, images, title):
+    from afmrl.data.importers import import_folder
+
+    root = tmp_path_factory.mktemp("photos")
+    product = root / "prod-ü"
+    product.mkdir()
+    for i, data in enumerate(images):
+        (product / f"img{i}.jpg").write_bytes(data)
+    (product / "title.txt").write_bytes(title)
+    try:
+        frame = import_folder(root)
+    except ImportFormatError as error:
+        assert "title.txt: not UTF-8" in str(error)
+        return
+    assert len(frame) == len(images)  # every file is a row; unreadable ones say why
+    assert (frame["error"] != "").all()
+
+
 FRAME_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6))
 
