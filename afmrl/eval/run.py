@@ -2,6 +2,7 @@
 table share (which attributes label the catalog, which embedder is the latest, the baselines)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -81,14 +82,28 @@ def evaluate_catalog(config: AfmrlConfig, split: str, embedder: Path | None, bas
         models[system_name(embedder)] = load_embedder(embedder)
         table.add_model(system_name(embedder), models[system_name(embedder)], eval_set)
     if "lexical" in table.rankings:
-        add_hybrid_rows(config, catalog, tag, table, eval_set, models)
+        tuned = add_hybrid_rows(config, catalog, tag, table, eval_set, models)
+        if embedder is not None and system_name(embedder) in tuned:
+            save_fusion_for_index(layout, embedder, *tuned[system_name(embedder)])
     return table
 
 
+def save_fusion_for_index(layout: RunLayout, embedder: Path, fusion, sweep: list) -> None:
+    """The run's index serves what was tuned on val, if it was built with this embedder."""
+    from afmrl.index.fusion import save_tuned
+    from afmrl.index.stage import SOURCE_FILE
+
+    source = layout.index / SOURCE_FILE
+    if source.is_file() and \
+            Path(json.loads(source.read_text())["embedder"]) == Path(embedder).resolve():
+        save_tuned(layout.index, fusion, sweep, "val")
+
+
 def add_hybrid_rows(config: AfmrlConfig, catalog: pd.DataFrame, tag: str | None,
-                    table: EvalTable, eval_set, models: dict) -> None:
+                    table: EvalTable, eval_set, models: dict) -> dict[str, tuple]:
     """``<model>+lexical`` rows: each model's dense ranking fused with the lexical one, the
-    fusion tuned on the catalog's ``val`` split when it has one (else ``retrieval.*``)."""
+    fusion tuned on the catalog's ``val`` split when it has one (else ``retrieval.*``).
+    Returns ``{model: (fusion, sweep)}`` of the tuned ones."""
     from afmrl.eval.protocol import rank_dense, rank_hybrid, rank_lexical, tune_hybrid
     from afmrl.index.fusion import describe
 
@@ -96,12 +111,15 @@ def add_hybrid_rows(config: AfmrlConfig, catalog: pd.DataFrame, tag: str | None,
     has_val = table.split != "val" and "val" in set(catalog["split"])
     val_set = labelled_eval_set(config, catalog, "val", tag) if has_val else None
     val_lexical = rank_lexical(val_set, depth) if has_val else None
+    tuned = {}
     for name, model in models.items():
         fusion, where = config.retrieval, "retrieval.* defaults (no val split)"
         if has_val:
-            fusion, _ = tune_hybrid(val_set, rank_dense(model, val_set, depth), val_lexical,
-                                    table.ks, config.retrieval)
+            fusion, sweep = tune_hybrid(val_set, rank_dense(model, val_set, depth), val_lexical,
+                                        table.ks, config.retrieval)
+            tuned[name] = (fusion, sweep)
             where = "tuned on val"
         table.add(f"{name}+lexical", eval_set,
                   rank_hybrid(table.rankings[name], table.rankings["lexical"], fusion, depth))
         table.notes.append(f"{name}+lexical: hybrid {describe(fusion)}, {where}")
+    return tuned
