@@ -12,7 +12,6 @@ Prints the test-split metrics per variant, overall and within coarse groups.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
