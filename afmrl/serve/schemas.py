@@ -63,6 +63,12 @@ Integer = Annotated[int, BeforeValidator(_integral)]
 INT64 = {"ge": -(2 ** 63), "le": 2 ** 63 - 1}
 
 
+# mode=lexical ranks by the query words: the server answers 422 without text.
+LEXICAL_NEEDS_TEXT = {"if": {"required": ["mode"], "properties": {"mode": {"const": "lexical"}}},
+                      "then": {"required": ["text"],
+                               "properties": {"text": {"type": "string", "pattern": NOT_BLANK}}}}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -128,12 +134,13 @@ class QueryOptions(BaseModel):
 
 
 class SearchRequest(QueryOptions, ImagePathField):
-    model_config = ConfigDict(json_schema_extra=text_or("image_path"))
+    model_config = ConfigDict(json_schema_extra=text_or("image_path") | LEXICAL_NEEDS_TEXT)
     filters: Filters
 
 
 class ImageSearchForm(QueryOptions, FormModel):
     """multipart/form-data of POST /search/image."""
+    model_config = ConfigDict(json_schema_extra=LEXICAL_NEEDS_TEXT)
     image: Annotated[UploadFile, PHOTO]
     filters: FormFilters
 
