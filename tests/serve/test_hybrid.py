@@ -50,20 +50,22 @@ def test_lexical_mode_finds_an_item_by_its_title(private_index, serve_config):
 
 
 def test_filters_apply_to_both_sources_before_fusion(private_index, serve_config):
-    """With only 2 candidates per source, filtering *after* fusion would leave almost nothing:
-    the filter's items rank low in both lists. Filtering first returns k matching items."""
+    """With 2 candidates per source, filtering *after* fusion could only return items among
+    the 2 + 2 best of each source; the filter below matches none of them. Filtering each source
+    first still returns k matching items."""
     catalog = Catalog(private_index, serve_config.ray, shard_cpus=0,
                       retrieval=RetrievalConfig(candidates=2))
     try:
-        full = catalog.search(unit(catalog.source.dim), len(catalog.items), {}, "apple juice",
-                              "hybrid")
-        tail = full[-1]["attributes"]
-        key = next(k for k in tail if sum(h["attributes"].get(k) == tail[k] for h in full) >= 3)
-        matching = [h for h in full if h["attributes"].get(key) == tail[key]]
-        assert ids(full[:2]) and not set(ids(full[:2])) >= set(ids(matching))
-        hits = catalog.search(unit(catalog.source.dim), 3, {key: tail[key]}, "apple juice",
-                              "hybrid")
-        assert len(hits) == 3 and all(h["attributes"][key] == tail[key] for h in hits)
+        query = unit(catalog.source.dim)
+        best = set(ids(catalog.search(query, 2, {}, "apple juice", "dense"))
+                   + ids(catalog.search(None, 2, {}, "apple juice", "lexical")))
+        pairs = {(k, v) for item in catalog.items.values() for k, v in item["attributes"].items()}
+        key, value = next((k, v) for k, v in sorted(pairs)
+                          if not any(catalog.items[i]["attributes"].get(k) == v for i in best)
+                          and sum(item["attributes"].get(k) == v
+                                  for item in catalog.items.values()) >= 3)
+        hits = catalog.search(query, 3, {key: value}, "apple juice", "hybrid")
+        assert len(hits) == 3 and all(h["attributes"][key] == value for h in hits)
     finally:
         catalog.index.shutdown()
 
