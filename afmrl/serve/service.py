@@ -111,8 +111,13 @@ class SearchService:
             text = enriched_text(text, attributes, self.keys)
         vector = None if mode == "lexical" else \
             await self._call(self.embedder.embed, EmbedInput(text, image))
-        hits = await self._call(self.retriever.search, vector, query.k, filters, lexical_text,
-                                mode, attribute_prose(attributes, self.keys))
+        try:
+            hits = await self._call(self.retriever.search, vector, query.k, filters,
+                                    lexical_text, mode, attribute_prose(attributes, self.keys))
+        except LookupError as error:  # an index built before lexical indexes: dense only
+            raise ApiError(400, f"mode={mode} needs the lexical index, which this index "
+                                f"lacks; rebuild it with `afmrl index` or send mode=dense"
+                           ) from error
         return SearchResponse(hits=[Hit(**self._public(h, root_path), score=h["score"])
                                     for h in hits],
                               query_text=text, query_attributes=attributes)
