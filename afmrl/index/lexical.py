@@ -50,6 +50,10 @@ FIELDS = ("title", "text", "attributes", "codes", "grams")
 WRITER_HEAP_BYTES = 64 << 20
 
 
+class LexicalIndexMissing(LookupError):
+    """A lexical or hybrid search on an index built without its lexical part."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Analysis:
     """How text becomes tokens and how much each field counts (saved in the manifest)."""

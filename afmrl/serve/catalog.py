@@ -31,7 +31,8 @@ from afmrl.config import RayConfig, RetrievalConfig
 from afmrl.extract.stage import parse_json
 from afmrl.index.faiss_index import MANIFEST, IndexMismatchError
 from afmrl.index.fusion import load_tuned, rank
-from afmrl.index.lexical import LEXICAL_DIR, ShardedLexicalIndex, items_fingerprint, lexical_rows
+from afmrl.index.lexical import (LEXICAL_DIR, LexicalIndexMissing, ShardedLexicalIndex,
+                                 items_fingerprint, lexical_rows)
 from afmrl.index.sharded import DEFAULT_ACTOR_CPUS, ShardedIndex, gather_from_actors
 from afmrl.index.stage import ITEMS_FILE, SOURCE_FILE
 from afmrl.serve.filters import AttributeIndex, filtered_search
@@ -299,7 +300,7 @@ class Catalog:
         selective filter still gets ``candidates`` matching items from each.
         """
         if mode != "dense" and self.lexical is None:
-            raise LookupError(f"the index at {self.source.index_dir} has no lexical part (built "
+            raise LexicalIndexMissing(f"the index at {self.source.index_dir} has no lexical part (built "
                               f"before hybrid retrieval); rebuild it with `afmrl index` or "
                               f"search with mode=dense")
         depth = k if mode != "hybrid" else max(k, self.retrieval.candidates)

@@ -21,7 +21,7 @@ from ray.exceptions import RayActorError
 
 from afmrl.config import AfmrlConfig
 from afmrl.data.images import decode_image
-from afmrl.index.lexical import attribute_prose
+from afmrl.index.lexical import LexicalIndexMissing, attribute_prose
 from afmrl.models.embedders import EmbedInput
 from afmrl.serve.catalog import IndexSource
 from afmrl.serve.enrich import enriched_text
@@ -114,7 +114,7 @@ class SearchService:
         try:
             hits = await self._call(self.retriever.search, vector, query.k, filters,
                                     lexical_text, mode, attribute_prose(attributes, self.keys))
-        except LookupError as error:  # an index built before lexical indexes: dense only
+        except LexicalIndexMissing as error:  # an index built before lexical ones
             raise ApiError(400, f"mode={mode} needs the lexical index, which this index "
                                 f"lacks; rebuild it with `afmrl index` or send mode=dense"
                            ) from error
