@@ -300,9 +300,9 @@ class Catalog:
         selective filter still gets ``candidates`` matching items from each.
         """
         if mode != "dense" and self.lexical is None:
-            raise LexicalIndexMissing(f"the index at {self.source.index_dir} has no lexical part (built "
-                              f"before hybrid retrieval); rebuild it with `afmrl index` or "
-                              f"search with mode=dense")
+            raise LexicalIndexMissing(
+                f"the index at {self.source.index_dir} has no lexical part (built before "
+                f"hybrid retrieval); rebuild it with `afmrl index` or search with mode=dense")
         depth = k if mode != "hybrid" else max(k, self.retrieval.candidates)
         with self.lock:
             self._sync()
