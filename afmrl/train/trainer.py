@@ -10,6 +10,10 @@ Checkpoints (model, optimizer, scheduler, RNG, sampler position) go to
 and at each epoch end. A restarted worker group (Ray Train ``FailureConfig``) or a rerun of the
 job resumes from the newest complete one. On multi-node clusters ``run_dir`` must be shared
 storage (a PVC / NFS), as every rank writes its own ZeRO shards there.
+
+Model selection: when the benchmarks include ``val`` (the catalog's val split), the exported
+embedder is the one of the epoch with the best ``val/recall_at_1`` (kept in ``<tag>/best``),
+not the last; ``metrics.json`` holds that epoch's metrics and ``exported_epoch`` says which.
 """
 from __future__ import annotations
 
@@ -37,7 +41,17 @@ from afmrl.utils.console import TrainProgress, metrics_table, ray_train_logging
 from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
-METRICS_FILE = "metrics.json"  # rank 0's metrics of the last finished epoch
+METRICS_FILE = "metrics.json"  # rank 0's metrics of the exported epoch
+SELECTION_METRIC = "val/recall_at_1"  # read only when the benchmarks include "val"
+BEST_DIR, BEST_FILE = "best", "best.json"  # the best-so-far export and its epoch's metrics
+CHECKPOINT_LOG = "checkpoints.jsonl"  # one line per checkpoint: what it covers
+
+
+def improves(metrics: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Whether this epoch's selection metric beats the best so far (ties keep the earlier)."""
+    if SELECTION_METRIC not in metrics:
+        return False
+    return best is None or metrics[SELECTION_METRIC] > best[SELECTION_METRIC]
 
 
 class EmbedderWithLoss(nn.Module):
@@ -115,8 +129,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from afmrl.eval.protocol import evaluate_model, prefixed
     from afmrl.train.sampler import ProductBatchSampler
 
+    from afmrl.utils.device import agcl_workers, train_device
+
     config = config_from_dict(loop_config["config"])
     train = config.train
+    train_device(agcl_workers(config))  # DeepSpeed then places the engine on that device
     pairs: PairSet = loop_config["pairs"]
     out_dir = Path(loop_config["out_dir"])
     checkpoint_dir = out_dir / "checkpoints"
@@ -129,17 +146,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     np.random.seed(train.seed + rank)
     torch.manual_seed(train.seed)
 
-    from afmrl.utils.device import agcl_workers, train_device
-
     embedder = load_embedder(loop_config["init_from"]).train()
     loss = AGCLLoss.from_config(train)
     if train.matryoshka_dims:
         loss = MatryoshkaLoss(loss, train.matryoshka_dims, train.matryoshka_weights or None)
     module = EmbedderWithLoss(embedder, loss)
-    train_device(agcl_workers(config))  # DeepSpeed then places the engine on that device
     sampler = ProductBatchSampler(
         pairs.product_ids, train.per_device_batch_size, num_replicas=world, rank=rank,
-        seed=train.seed, coarse_ids=pairs.coarse_ids if train.hard_batches else None)
+        seed=train.seed, coarse_ids=pairs.coarse_ids if train.hard_batches else None,
+        batches_multiple_of=train.grad_accum_steps)
     micro_steps = sum(sampler.num_batches(e) for e in range(train.epochs))
     total_steps = micro_steps // train.grad_accum_steps
     engine, _, _, _ = deepspeed.initialize(
@@ -164,10 +179,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     def save(step: int) -> None:
         rngs = [None] * world
         dist.all_gather_object(rngs, _rng_state())
-        engine.save_checkpoint(str(checkpoint_dir), tag=f"step_{step:07d}",
+        step_tag = f"step_{step:07d}"
+        engine.save_checkpoint(str(checkpoint_dir), tag=step_tag,
                                client_state={"sampler": sampler.state_dict(), "rng": rngs})
         dist.barrier()
         if rank == 0:  # keep the two newest checkpoints
+            with open(out_dir / CHECKPOINT_LOG, "a") as handle:
+                handle.write(json.dumps({"tag": step_tag, "optimizer_steps": engine.global_steps,
+                                         "micro_steps": engine.micro_steps,
+                                         **sampler.state_dict()}) + "\n")
             tags = sorted(p for p in checkpoint_dir.glob("step_*") if p.is_dir())
             for old in tags[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -184,6 +204,22 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             embedder.train()
         dist.barrier()
         return metrics if rank == 0 else {}
+
+    def export(path: Path, extra: dict[str, Any]) -> None:
+        """Rank 0 writes the consolidated embedder (every rank joins the ZeRO-3 gather)."""
+        params = list(module.parameters())
+        gather = deepspeed.zero.GatheredParameters(params) if train.zero_stage == 3 else None
+        with gather if gather is not None else contextlib.nullcontext():
+            if rank == 0:
+                save_embedder(embedder, path,
+                              {**extra, "matryoshka_dims": list(train.matryoshka_dims)})
+        dist.barrier()
+
+    # The best epoch so far survives a restart; a fresh run (no checkpoint) starts without one.
+    best_file = out_dir / BEST_FILE
+    best = None
+    if rank == 0 and tag is not None and best_file.is_file() and (out_dir / BEST_DIR).is_dir():
+        best = json.loads(best_file.read_text())
 
     start_epoch = sampler.state_dict()["epoch"]
     step = engine.global_steps
@@ -209,10 +245,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             product_ids = torch.as_tensor(pairs.product_ids[indices], device=device)
             loss, diagnostics = engine(batch, product_ids, bm25)
             engine.backward(loss)
+            # Read before step(): step() advances the micro-step counter the answer is based on.
+            optimizer_steps = engine.is_gradient_accumulation_boundary()
             engine.step()
             seen += len(indices)
             losses.append(loss.item())
-            if engine.is_gradient_accumulation_boundary() or train.grad_accum_steps == 1:
+            if optimizer_steps:
                 step = engine.global_steps
                 if rank == 0:
                     progress.update(epoch, train.epochs, step, losses, len(indices))
@@ -226,23 +264,32 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         epoch_metrics = {"epoch": epoch, "train_loss_epoch": float(np.mean(losses or [0.0])),
                          "samples_per_s_per_worker": seen / max(elapsed, 1e-9),
                          "peak_rss_gib": _peak_rss_gib()}
-        save(step)
         if (epoch + 1) % train.eval_every_epochs == 0 or epoch + 1 == train.epochs:
             epoch_metrics.update(evaluate())
+        decision = [rank == 0 and improves(epoch_metrics, best)]
+        dist.broadcast_object_list(decision, src=0)
+        if decision[0]:  # before the epoch's checkpoint: a resume never skips a better epoch
+            export(out_dir / BEST_DIR, {"trained_steps": step, "tag": loop_config["tag"]})
+            if rank == 0:
+                best = {**epoch_metrics, "exported_epoch": epoch}
+                atomic_write_json(best_file, best)
+        save(step)
         if rank == 0:
             logger.log(epoch_metrics, step)
             # Ray Train v2 keeps no metrics reported without a checkpoint: the driver reads this.
-            atomic_write_json(out_dir / METRICS_FILE, epoch_metrics)
+            atomic_write_json(out_dir / METRICS_FILE, {**epoch_metrics, "exported_epoch": epoch})
             print(f"AGCL {loop_config['tag']}: epoch {epoch + 1}/{train.epochs} done\n"
                   + metrics_table(epoch_metrics), flush=True)
 
-    params = list(module.parameters())
-    gather = deepspeed.zero.GatheredParameters(params) if train.zero_stage == 3 else None
-    with gather if gather is not None else contextlib.nullcontext():
-        if rank == 0:
-            save_embedder(embedder, out_dir / "embedder",
-                          {"trained_steps": step, "tag": loop_config["tag"],
-                           "matryoshka_dims": list(train.matryoshka_dims)})
+    selected = [best is not None] if rank == 0 else [False]
+    dist.broadcast_object_list(selected, src=0)
+    if not selected[0]:
+        export(out_dir / "embedder", {"trained_steps": step, "tag": loop_config["tag"]})
+    elif rank == 0:  # the best val epoch, not the last, becomes the export
+        log.info("AGCL exports epoch %d (best %s %.4f)", best["exported_epoch"],
+                 SELECTION_METRIC, best[SELECTION_METRIC])
+        atomic_write_json(out_dir / METRICS_FILE, best)
+        os.replace(out_dir / BEST_DIR, out_dir / "embedder")
     dist.barrier()
 
 
@@ -263,7 +310,8 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
                benchmarks: dict[str, EvalSet],
                bm25_corpus: list[str], tracker=None, init_from: Path | None = None,
                max_failures: int = 2) -> TrainResult:
-    """Run AGCL on a Ray Train worker group; returns the exported embedder and final metrics.
+    """Run AGCL on a Ray Train worker group; returns the exported embedder and its metrics
+    (the best ``val`` epoch's when ``benchmarks`` has "val", else the last epoch's).
 
     Skips training when ``<run>/train/<tag>/embedder`` already exists (resumable pipelines);
     delete it to retrain.
@@ -325,6 +373,6 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
 
 
 def _saved_metrics(out_dir: Path) -> dict[str, float]:
-    """Rank 0's last-epoch metrics ({} for an export that predates the file)."""
+    """Rank 0's metrics of the exported epoch ({} for an export that predates the file)."""
     path = out_dir / METRICS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -54,16 +54,22 @@ def test_bad_rows_are_kept_and_counted(ray_local, mini_catalog, tiny_generator, 
 
 
 def _extractor_pids() -> list[int]:
-    """Ray names actor processes after their class (ray::MapWorker(...AttributeExtractor)); the
-    state API would need the dashboard, which the test cluster does not run."""
+    """Pids of this test's own extraction actors: the live actors of this driver's Ray job, from
+    Ray's actor table (the GCS; the state API would need the dashboard, which the test cluster
+    does not run), whose process is the AttributeExtractor map worker and past its __init__.
+    Processes of other jobs, clusters or users with the same title are never touched."""
+    import ray
+    from ray._private.state import actors
+
+    job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
     pids = []
-    for proc in Path("/proc").iterdir():
+    for info in actors(job_id=job, actor_state_name="ALIVE").values():
         try:
-            title = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            title = Path(f"/proc/{info['Pid']}/cmdline").read_bytes().decode(errors="ignore")
         except OSError:
             continue
-        if proc.name.isdigit() and "AttributeExtractor" in title and "__init__" not in title:
-            pids.append(int(proc.name))
+        if "AttributeExtractor" in title and "__init__" not in title:
+            pids.append(int(info["Pid"]))
     return pids
 
 

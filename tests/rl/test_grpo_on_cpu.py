@@ -6,13 +6,15 @@ import json
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from afmrl.config import REPO_ROOT
 from afmrl.extract.stage import base_generator
 from afmrl.layout import RunLayout
 from afmrl.models.processor import PromptItem, Prompter
-from afmrl.rl.grpo import latest_checkpoint, prompt_dataset, query_splits, run_rar
+from afmrl.rl.grpo import (grpo_args, latest_checkpoint, prompt_dataset, query_splits, run_rar,
+                           sync_weights_on_cpu)
 from afmrl.tracking import run_tree, tracking_uri
 from afmrl.utils.job import stage_run
 
@@ -72,7 +74,8 @@ def test_grpo_trains_logs_and_resumes(tmp_path, rl_config, catalog, attributes_t
     first = run(config)
     from transformers import AutoModelForImageTextToText
 
-    AutoModelForImageTextToText.from_pretrained(str(layout.generator_rar))
+    start = AutoModelForImageTextToText.from_pretrained(str(generator)).state_dict()
+    trained = AutoModelForImageTextToText.from_pretrained(str(layout.generator_rar)).state_dict()
     Prompter(layout.generator_rar)  # the processor is saved beside the weights
     checkpoints = layout.rar / "checkpoints"
     (recipe,) = checkpoints.iterdir()
@@ -82,6 +85,19 @@ def test_grpo_trains_logs_and_resumes(tmp_path, rl_config, catalog, attributes_t
              for key in ("reward_mean", "recall_at_3", "malformed_rate", "heldout_recall_at_3")}
     assert steps["reward_mean"] == steps["recall_at_3"] == steps["malformed_rate"] == [1, 2]
     assert steps["heldout_recall_at_3"] == [0, 1, 2]
+    # The policy learned: some group's completions got different rewards (a non-zero
+    # advantage), and the saved policy differs from the one GRPO started from.
+    zero_std = {m.step: m.value
+                for m in client.get_metric_history(first, "frac_reward_zero_std")}
+    assert min(zero_std.values()) < 1, "every group was uniform: no step could move the policy"
+    assert start.keys() == trained.keys()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    # beta > 0 (the default): the KL to the starting policy is part of the loss and logged.
+    assert config.rl.beta > 0 and grpo_args(config, tmp_path / "args").beta == config.rl.beta
+    kl = {m.step: m.value for m in client.get_metric_history(first, "kl")}
+    assert sorted(kl) == [1, 2]
+    if zero_std[1] < 1:  # step 1 moved the policy, so step 2 measures a distance from the start
+        assert kl[2] > 0
     assert (layout.rar / "reward_curve.png").stat().st_size > 0
     artifacts = [a.path for a in client.list_artifacts(first, "rar")]
     assert "rar/reward_curve.png" in artifacts
@@ -96,3 +112,48 @@ def test_grpo_trains_logs_and_resumes(tmp_path, rl_config, catalog, attributes_t
     curve = json.loads((recipe / "curve.json").read_text())
     assert sorted({r["step"] for r in curve if "reward_mean" in r}) == [1, 2, 3]
     assert {r["name"] for r in run_tree(config)} == {"rar"}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_vllm_colocate_sync_makes_rollouts_come_from_the_policy(tiny_generator):
+    """``sync_weights_on_cpu`` moves the policy's weights into the in-process vLLM engine. The
+    policy's final norm is zeroed, so its logits are all 0 and greedy decoding picks token 0
+    every time: after the sync vLLM must do exactly that, which it did not from the files."""
+    import ray
+
+    def rollouts_before_and_after_sync(model_path: str) -> tuple[list[int], list[int]]:
+        import tempfile
+        import types
+
+        from transformers import AutoModelForImageTextToText
+
+        from afmrl.config import ExtractConfig
+        from afmrl.extract.engines import configure_vllm_env
+
+        configure_vllm_env(ExtractConfig(), tempfile.mkdtemp(prefix="vllm-cache-"))
+        from vllm import LLM, SamplingParams
+
+        llm = LLM(model=model_path, enforce_eager=True, max_model_len=512, seed=0)
+        greedy = SamplingParams(max_tokens=6, temperature=0.0)
+        prompt = "List the key attributes of this product: apple juice, 1 l carton."
+
+        def rollout() -> list[int]:
+            return list(llm.generate([prompt], greedy, use_tqdm=False)[0].outputs[0].token_ids)
+
+        before = rollout()
+        policy = AutoModelForImageTextToText.from_pretrained(model_path)
+        norms = [p for n, p in policy.named_parameters()
+                 if n.endswith("norm.weight") and ".layers." not in n and "visual" not in n]
+        assert len(norms) == 1, "expected one final norm in the language model"
+        with torch.no_grad():
+            norms[0].zero_()
+        # What TRL's VLLMGeneration hands the sync: the engine and the policy's named weights.
+        generation = types.SimpleNamespace(
+            llm=llm, _iter_named_params=lambda: ((n, p.data) for n, p in policy.named_parameters()))
+        sync_weights_on_cpu(generation)
+        return before, rollout()
+
+    task = ray.remote(max_calls=1, num_cpus=1)(rollouts_before_and_after_sync)
+    before, after = ray.get(task.remote(str(tiny_generator)), timeout=600)
+    assert after == [0] * 6
+    assert before != after

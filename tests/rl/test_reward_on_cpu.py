@@ -41,10 +41,13 @@ def test_reward_follows_the_attributes(setup):
 
     assert right.summary()["recall_at_3"] > wrong.summary()["recall_at_3"]
     assert right.summary()["mean_rank"] < wrong.summary()["mean_rank"]
-    assert set(right.rewards) | set(wrong.rewards) <= {0.0, 1.0}
-    assert len(set(np.concatenate([right.rewards, wrong.rewards]))) == 2  # not a constant
     assert not right.malformed.any() and not wrong.malformed.any()
-    np.testing.assert_allclose(broken.rewards, config.rl.malformed_penalty)
+    # The reward is 1 exactly when the photo's product is in the top k, else 0; both occur.
+    for batch in (right, wrong):
+        np.testing.assert_array_equal(batch.rewards, (batch.rank <= 3).astype(float))
+    assert 1.0 in right.rewards and 0.0 in wrong.rewards
+    assert config.rl.malformed_penalty == -0.1  # the paper's penalty is the default
+    np.testing.assert_allclose(broken.rewards, -0.1)
     assert broken.summary()["malformed_rate"] == 1.0
     # Wrong keys are schema errors, so they are malformed too.
     assert reward.score(['{"price": "3"}'], uris[:1], products[:1]).malformed.all()
@@ -61,8 +64,9 @@ def test_trl_call_logs_components_and_uniform_groups(setup):
     rewards = reward(prompts=[[]] * 6, completions=completions, image_uri=[a] * 3 + [b] * 3,
                      group_id=[product_a] * 3 + [product_b] * 3, log_metric=logged.__setitem__)
 
-    assert rewards[:3] == [config.rl.malformed_penalty] * 3
-    assert len(set(rewards[3:])) == 3
+    assert rewards[:3] == [-0.1] * 3
+    # Photo b described as itself finds it (1), described as product 5 misses it (0).
+    assert rewards[3:] == [1.0, 0.0, -0.1]
     assert logged["reward/uniform_groups"] == 1.0
     assert logged["reward/uniform_group_frac"] == 0.5
     assert logged["reward/malformed_rate"] == pytest.approx(4 / 6)

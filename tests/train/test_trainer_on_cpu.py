@@ -1,4 +1,6 @@
 """AGCL on a real Ray Train worker group with DeepSpeed (gloo, 2 CPU workers)."""
+import json
+import math
 import os
 import signal
 import threading
@@ -6,12 +8,16 @@ import time
 
 import mlflow
 import pytest
+import torch
 
 from afmrl.config import load_config
 from afmrl.models.embedders import load_embedder
 from afmrl.tracking import Tracker
+from afmrl.train.data import training_pairs
+from afmrl.train.sampler import ProductBatchSampler
 from afmrl.train.stage import run_agcl
-from afmrl.train.trainer import latest_checkpoint
+from afmrl.train.trainer import (CHECKPOINT_LOG, SELECTION_METRIC, improves,
+                                 latest_checkpoint)
 
 
 def _config(tmp_path, *extra):
@@ -22,28 +28,106 @@ def _config(tmp_path, *extra):
         "train.cpus_per_worker=1", *extra])
 
 
+def with_val_split(catalog, every=3):
+    """The mini catalog with every ``every``-th shopper photo moved to a val split."""
+    catalog = catalog.copy()
+    photos = catalog.index[catalog["split"] == "test"]
+    catalog.loc[photos[::every], "split"] = "val"
+    return catalog
+
+
+def optimizer_steps(config, catalog) -> int:
+    """What an uninterrupted run does: whole accumulation windows of every epoch's batches."""
+    train = config.train
+    pairs = training_pairs(catalog, config.extract.attribute_keys, False, train.pair_splits,
+                           config.seed)
+    sampler = ProductBatchSampler(pairs.product_ids, train.per_device_batch_size,
+                                  num_replicas=train.num_workers, seed=train.seed,
+                                  batches_multiple_of=train.grad_accum_steps)
+    return sum(sampler.num_batches(e) for e in range(train.epochs)) // train.grad_accum_steps
+
+
+def weights(path):
+    return {k: v.clone() for k, v in load_embedder(path).state_dict().items()}
+
+
+def checkpoint_log(out):
+    return [json.loads(line) for line in (out / CHECKPOINT_LOG).read_text().splitlines()]
+
+
+def test_the_best_val_epoch_wins_ties_keep_the_earlier():
+    assert improves({SELECTION_METRIC: 0.2}, None)
+    assert improves({SELECTION_METRIC: 0.3}, {SELECTION_METRIC: 0.2})
+    assert not improves({SELECTION_METRIC: 0.2}, {SELECTION_METRIC: 0.2})
+    assert not improves({SELECTION_METRIC: 0.1}, {SELECTION_METRIC: 0.2})
+    assert not improves({"train_loss_epoch": 1.0}, None)  # no val benchmark: no selection
+
+
 @pytest.mark.parametrize("embedder, zero_stage", [("dual", 2), ("dual", 3), ("vlm2vec", 2)])
-def test_agcl_trains_exports_and_logs(ray_local, mini_catalog, tmp_path, embedder, zero_stage):
-    config = _config(tmp_path, f"train.zero_stage={zero_stage}", "train.epochs=2",
+def test_agcl_learns_keeps_the_best_val_epoch_and_logs(ray_local, mini_catalog, tmp_path,
+                                                       embedder, zero_stage):
+    from afmrl.eval.protocol import build_eval_set, evaluate_model
+
+    catalog = with_val_split(mini_catalog)
+    config = _config(tmp_path, f"train.zero_stage={zero_stage}", "train.epochs=3",
                      f"models.embedder={embedder}")
     tracker = Tracker(config)
     with tracker.run("train"):
-        result = run_agcl(config, None, "agcl", tracker, mini_catalog)
+        result = run_agcl(config, None, "agcl", tracker, catalog)
         run_id = mlflow.active_run().info.run_id
     model = load_embedder(result.embedder)
     assert model.kind == embedder
-    metrics = mlflow.tracking.MlflowClient(tracker.uri).get_run(run_id).data.metrics
-    assert "grocery/recall_at_1" in metrics and "samples_per_s_per_worker" in metrics
-    assert 0.0 <= metrics["grocery/recall_at_10"] <= 1.0
-    # The driver gets the last epoch's metrics (Ray Train v2 drops checkpoint-less reports).
-    assert result.metrics["epoch"] == 1 and result.metrics["samples_per_s_per_worker"] > 0
-    assert result.metrics["grocery/recall_at_1"] == metrics["grocery/recall_at_1"]
+    client = mlflow.tracking.MlflowClient(tracker.uri)
+    losses = [m.value for m in sorted(client.get_metric_history(run_id, "train_loss_epoch"),
+                                      key=lambda m: m.step)]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    init = weights(tmp_path / "train" / "agcl" / "init")
+    trained = weights(result.embedder)
+    assert init.keys() == trained.keys()
+    assert any(not torch.equal(init[k], trained[k]) for k in init)
+    # #12.7: the export is the epoch with the best val Recall@1, not the last one.
+    history = [m.value for m in sorted(client.get_metric_history(run_id, SELECTION_METRIC),
+                                       key=lambda m: m.step)]
+    assert len(history) == 3
+    best_epoch = history.index(max(history))
+    assert result.metrics["exported_epoch"] == best_epoch
+    assert result.metrics[SELECTION_METRIC] == max(history)
+    val = build_eval_set(catalog, "val", config.extract.attribute_keys, False)
+    assert evaluate_model(model, val, config.eval.ks)["recall_at_1"] == \
+        pytest.approx(max(history), abs=1e-6)
+    assert result.metrics["samples_per_s_per_worker"] > 0
     # A second call finds the export and does not retrain, and still knows its metrics.
-    again = run_agcl(config, None, "agcl", None, mini_catalog)
+    again = run_agcl(config, None, "agcl", None, catalog)
     assert again.seconds == 0.0 and again.metrics == result.metrics
 
 
-def test_killed_worker_resumes_and_finishes(ray_local, mini_catalog, tmp_path):
+@pytest.mark.parametrize("zero", ["train.zero_stage=0", "train.zero_stage=1",
+                                  "train.zero_stage=2 train.offload=true"])
+def test_zero_stage_smoke(ray_local, mini_catalog, tmp_path, zero):
+    config = _config(tmp_path, *zero.split(), "train.epochs=1")
+    result = run_agcl(config, None, "agcl", None, mini_catalog)
+    meta = json.loads((result.embedder / "embedder.json").read_text())
+    assert meta["trained_steps"] == optimizer_steps(config, mini_catalog)
+    assert result.metrics["exported_epoch"] == 0
+    assert math.isfinite(result.metrics["train_loss_epoch"])
+
+
+def test_checkpoints_land_on_accumulation_boundaries(ray_local, mini_catalog, tmp_path):
+    config = _config(tmp_path, "train.grad_accum_steps=2", "train.checkpoint_every_steps=1",
+                     "train.epochs=2", "train.zero_stage=1")
+    result = run_agcl(config, None, "agcl", None, mini_catalog)
+    saved = checkpoint_log(tmp_path / "train" / "agcl")
+    assert saved[0]["tag"] == "step_0000001"
+    for entry in saved:  # a tag names the optimizer steps its weights have seen, all of them
+        assert entry["tag"] == f"step_{entry['optimizer_steps']:07d}"
+        assert entry["micro_steps"] == 2 * entry["optimizer_steps"], entry
+        assert entry["position"] % 2 == 0, entry
+    steps = json.loads((result.embedder / "embedder.json").read_text())["trained_steps"]
+    assert steps == optimizer_steps(config, mini_catalog) == saved[-1]["optimizer_steps"]
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint_and_finishes(ray_local, mini_catalog,
+                                                                     tmp_path):
     config = _config(tmp_path, "train.epochs=4", "train.checkpoint_every_steps=1",
                      "train.zero_stage=2")
     out = tmp_path / "train" / "agcl"
@@ -63,5 +147,8 @@ def test_killed_worker_resumes_and_finishes(ray_local, mini_catalog, tmp_path):
     result = run_agcl(config, None, "agcl", None, mini_catalog)
     killer.join()
     assert killed, "no worker was killed: the test proved nothing"
-    assert (out / "resumes.log").read_text().startswith("resumed from step_")
-    assert (result.embedder / "embedder.json").is_file()
+    resumed = (out / "resumes.log").read_text().splitlines()
+    assert resumed[0].startswith(f"resumed from {killed[0]} ")
+    # Neither a replayed nor a skipped step: as many optimizer steps as an uninterrupted run.
+    steps = json.loads((result.embedder / "embedder.json").read_text())["trained_steps"]
+    assert steps == optimizer_steps(config, mini_catalog)
