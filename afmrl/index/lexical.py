@@ -7,8 +7,8 @@ measurement on PriceRunner (README, "Hybrid retrieval"):
 - ``title``, ``text``, ``attributes``: word tokens (``afmrl.losses.bm25.tokenize``);
 - ``codes``: the title's words plus every adjacent pair joined ("dsc w120p" -> "dscw120p"), so
   the three spellings above share the token "dscw120p";
-- ``grams``: character n-grams of each title word padded with ``_`` (like scikit-learn's
-  ``char_wb``), which catch partial codes and typos ("w120" in "dscw120p").
+- ``grams``: character n-grams of each title and attribute word padded with ``_`` (like
+  scikit-learn's ``char_wb``), which catch partial codes and typos ("w120" in "dscw120p").
 
 Analysis runs in Python (one function for items and queries, so both sides always agree) and
 tantivy indexes the resulting space-separated tokens with its ``whitespace`` tokenizer; a query
