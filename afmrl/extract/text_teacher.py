@@ -27,7 +27,7 @@ import pandas as pd
 
 from afmrl.extract.schema import MAX_VALUE_CHARS
 
-# Longest first so "kwh" wins over "w" and "ghz" over "hz".
+# Unit spellings -> one unit; the regex tries longer ones first ("kwh" before "w").
 _UNITS = {"tb": "tb", "gb": "gb", "mb": "mb", "kb": "kb", "ghz": "ghz", "mhz": "mhz", "hz": "hz",
           "mah": "mah", "kwh": "kwh", "wh": "wh", "kw": "kw", "w": "w", "watt": "w", "watts": "w",
           "v": "v", "mp": "mp", "megapixel": "mp", "l": "l", "ltr": "l", "litre": "l",
