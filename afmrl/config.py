@@ -262,6 +262,10 @@ class IndexConfig:
     hnsw_ef_construction: int = doc("HNSW construction breadth.", 200)
     binary_rescore: int = doc(
         "binary: Hamming candidates re-scored per requested result (k x this).", 10)
+    embed_min_actors: int = doc("Embedding job (Ray Data): fewest embedder actors.", 1)
+    embed_max_actors: int = doc(
+        "Embedding job: most embedder actors; the pool grows to it with the backlog.", 1)
+    embed_batch_size: int = doc("Embedding job: catalog rows per embedder call.", 64)
     dim_prefix: int | None = doc(
         "Matryoshka: index only the first N embedding dimensions (re-normalised). None = all.",
         None)
@@ -275,6 +279,9 @@ class IndexConfig:
         _require(0 < self.gpus_per_shard <= 1, "index.gpus_per_shard must be in (0, 1]")
         _require(self.nprobe >= 1 and self.nlist >= 1, "index.nlist/nprobe must be >= 1")
         _require(self.binary_rescore >= 1, "index.binary_rescore must be >= 1")
+        _require(self.embed_max_actors >= self.embed_min_actors >= 1,
+                 "index: need embed_max_actors >= embed_min_actors >= 1")
+        _require(self.embed_batch_size >= 1, "index.embed_batch_size must be >= 1")
         _require(self.kind != "binary" or self.metric == "ip",
                  "index.kind=binary ranks by inner product (sign codes): set index.metric=ip")
         _require(self.dim_prefix is None or self.dim_prefix >= 1, "index.dim_prefix must be >= 1")

@@ -1,0 +1,121 @@
+"""Embed a catalog as a Ray Data job: the catalog file streams through an autoscaling pool of
+embedder actors and lands as Parquet shards of (item_id, embedding), never whole in the driver.
+
+Why: embedding the gallery in the driver (one process, the whole frame in memory) does not grow
+with a cluster. Here the read, validation and embedding run in Ray tasks and actors (GPU actors
+when ``models.inference_gpus`` > 0), the pool grows from ``index.embed_min_actors`` to
+``index.embed_max_actors`` with the backlog, and the output is one Parquet file per written
+block. ``manifest.json`` lists each shard file with its row count, so index builders can split
+the work by shard without reading the vectors.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from afmrl.config import AfmrlConfig
+from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
+
+log = logging.getLogger("afmrl")
+EMBEDDINGS_MANIFEST = "manifest.json"
+
+
+class CatalogEmbedder:
+    """One embedder actor of the pool: catalog rows in, (item_id, embedding) rows out."""
+
+    def __init__(self, embedder_path: str, keys: tuple[str, ...], batch_size: int,
+                 placement: Any) -> None:
+        from afmrl.models.embedders import load_embedder
+        from afmrl.utils.device import torch_device
+
+        self.model = load_embedder(embedder_path, torch_device(placement))
+        self.keys = keys
+        self.batch_size = batch_size
+
+    def __call__(self, rows: pd.DataFrame) -> pd.DataFrame:
+        from afmrl.models.embedders import embed
+        from afmrl.train.data import catalog_inputs
+
+        vectors = embed(self.model, catalog_inputs(rows, self.keys), self.batch_size)
+        return pd.DataFrame({"item_id": rows["item_id"].astype(str).to_numpy(),
+                             "embedding": list(vectors)})
+
+
+def gallery_rows(rows: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of ``split`` that passed validation (``error`` empty)."""
+    return rows[(rows["error"] == "") & (rows["split"] == split)]
+
+
+def embed_catalog(config: AfmrlConfig, embedder_path: str | Path, catalog_path: str | Path,
+                  out_dir: str | Path, split: str = "catalog") -> Path:
+    """Embed the usable ``split`` rows of a Parquet/JSONL/CSV catalog into Parquet shards under
+    ``out_dir`` (replaced atomically); returns ``out_dir``."""
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from afmrl.data.catalogs import read_catalog_file
+    from afmrl.utils.device import inference_embedder
+
+    placement = inference_embedder(config, "index")
+    index = config.index
+    started = time.perf_counter()
+    dataset = read_catalog_file(catalog_path, check_images=False)
+    dataset = dataset.map_batches(gallery_rows, batch_format="pandas", fn_kwargs={"split": split})
+    embedded = dataset.map_batches(
+        CatalogEmbedder, batch_format="pandas", batch_size=index.embed_batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=index.embed_min_actors,
+                                           max_size=index.embed_max_actors),
+        fn_constructor_kwargs={"embedder_path": str(embedder_path),
+                               "keys": tuple(config.extract.attribute_keys),
+                               "batch_size": index.embed_batch_size, "placement": placement},
+        **placement.ray_options())
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        embedded.write_parquet(str(tmp))
+        shards = [{"file": path.name, "rows": pq.read_metadata(path).num_rows}
+                  for path in sorted(tmp.glob("*.parquet"))]
+        dim = _dim_of(tmp, shards)
+        atomic_write_json(tmp / EMBEDDINGS_MANIFEST, {
+            "catalog": str(Path(catalog_path).resolve()), "split": split,
+            "embedder": str(Path(embedder_path).resolve()),
+            "model_hash": fingerprint_tree(embedder_path), "dim": dim,
+            "rows": sum(s["rows"] for s in shards), "shards": shards})
+    log.info("embed job: %d rows in %d shards -> %s (%.1fs)", sum(s["rows"] for s in shards),
+             len(shards), out_dir, time.perf_counter() - started)
+    return out_dir
+
+
+def _dim_of(folder: Path, shards: list[dict[str, Any]]) -> int | None:
+    """The embedding dimension, read from the first non-empty shard (None: no rows)."""
+    import pyarrow.parquet as pq
+
+    for shard in shards:
+        if shard["rows"]:
+            table = pq.read_table(folder / shard["file"], columns=["embedding"]).slice(0, 1)
+            return _embedding_matrix(table).shape[1]
+    return None
+
+
+def _embedding_matrix(table: Any) -> np.ndarray:
+    """The ``embedding`` column as float32 (n, dim). Ray Data writes vectors as its tensor
+    extension type (a list array underneath); readers without Ray see the plain list."""
+    import pyarrow as pa
+
+    column = table.column("embedding").combine_chunks()
+    if isinstance(column, pa.ExtensionArray):
+        column = column.storage
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(len(table), -1)
+
+
+def read_embedding_shard(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One shard as (float32 (n, dim) embeddings, item ids): what one index builder loads."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["item_id", "embedding"])
+    return _embedding_matrix(table), np.asarray(table.column("item_id").to_pylist(), dtype=str)
