@@ -103,23 +103,30 @@ def run_sft(config: AfmrlConfig, base: Path, out: Path, examples: list) -> None:
     ).fit()
 
 
+def teacher_file(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None) -> str | None:
+    """Where SFT's teacher attributes come from: the teacher model's labels, else the
+    configured file, else (a text catalog) the title rules of the text teacher; None = the
+    catalog's own metadata (grocery)."""
+    from afmrl.extract.text_teacher import text_teacher_file
+
+    cfg = config.extract
+    if cfg.teacher_model:
+        return str(teacher_labels(config, catalog, tracker))
+    return cfg.teacher_file or text_teacher_file(
+        catalog, cfg.attribute_keys, RunLayout.of(config).models / "teacher-text.parquet")
+
+
 def distilled_generator(config: AfmrlConfig, catalog: pd.DataFrame, tracker=None) -> Path:
     """SFT on teacher attributes (skipped when already done for the same inputs)."""
     from afmrl.extract.sft import teacher_examples
-    from afmrl.extract.text_teacher import text_teacher_file
 
     base = base_generator(config, catalog)
     cfg = config.extract
     if cfg.sft_steps == 0:
         return base
     out = RunLayout.of(config).generator_sft
-    # No teacher file: a text catalog is taught by the title rules of the text teacher.
-    if cfg.teacher_model:
-        teacher_file = str(teacher_labels(config, catalog, tracker))
-    else:
-        teacher_file = cfg.teacher_file or text_teacher_file(
-            catalog, cfg.attribute_keys, out.parent / "teacher-text.parquet")
-    examples = teacher_examples(catalog, cfg.attribute_keys, teacher_file)
+    examples = teacher_examples(catalog, cfg.attribute_keys,
+                                teacher_file(config, catalog, tracker))
     if not examples:
         log.warning("SFT skipped: no teacher attributes for any catalog/train row; extraction "
                     "uses the base generator %s", base)

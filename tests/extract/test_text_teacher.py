@@ -107,19 +107,21 @@ def test_text_catalog_gets_the_text_teacher_as_sft_teacher(tmp_path):
     assert not (tmp_path / "other.parquet").exists()
 
 
-def test_distilled_generator_learns_from_the_text_teacher_on_a_text_catalog(tmp_path):
+def test_stage_teaches_a_text_catalog_with_the_text_teacher(tmp_path):
     """The stage wiring: no teacher file + no images -> the text teacher's file feeds SFT
     (train rows teach from their own titles, as in PriceRunner, which has no gallery rows)."""
-    from afmrl.extract.stage import distilled_generator
+    from afmrl.extract.stage import teacher_file
 
-    config = load_config(None, [f"run_dir={tmp_path}", "extract.sft_steps=1",
-                                "extract.sft_batch_size=2"])
+    config = load_config(None, [f"run_dir={tmp_path}"])
     frame = validate_catalog(pd.DataFrame({
         "item_id": ["1", "2", "3"], "group_id": [1, 1, 2],
         "title": ["samsung galaxy s9 sm g960f 64gb black", "samsung galaxy s9 g960f 64 gb",
                   "bosch sms46iw02g dishwasher white"],
         "split": ["train", "train", "test"]}), "test", check_images=False)
-    out = distilled_generator(config, frame)
-    assert out == tmp_path / "models" / "generator-sft" and (out / "config.json").is_file()
-    teacher = pd.read_parquet(tmp_path / "models" / "teacher-text.parquet").set_index("item_id")
-    assert json.loads(teacher.loc["2", "attributes"])["variant"] == "g960f"
+    path = teacher_file(config, frame)
+    assert path == str(tmp_path / "models" / "teacher-text.parquet")
+    examples = {e.item.title: json.loads(e.target) for e in teacher_examples(frame, KEYS, path)}
+    assert set(examples) == {"samsung galaxy s9 sm g960f 64gb black",
+                             "samsung galaxy s9 g960f 64 gb"}  # never the test row
+    assert examples["samsung galaxy s9 g960f 64 gb"]["variant"] == "g960f"
+    assert teacher_file(config, frame.assign(image_uri="/x.jpg")) is None  # metadata teacher
