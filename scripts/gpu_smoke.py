@@ -92,7 +92,7 @@ def tiny_catalog(out: Path):
 def agcl_step(config, cache: Path, device: str) -> None:
     import torch
 
-    from afmrl.losses import AGCLLoss
+    from afmrl.losses import AGCLLoss, BM25Stats, pairwise_bm25
     from afmrl.models.embedders import EmbedInput, build_embedder
     from afmrl.train.trainer import EmbedderWithLoss
 
@@ -107,7 +107,9 @@ def agcl_step(config, cache: Path, device: str) -> None:
                   for title, uri in zip(rows["title"], rows["image_uri"])]
     batch = {k: v.to(device) for k, v in embedder.collate(queries + candidates).items()}
     product_ids = torch.arange(len(queries), device=device)
-    loss, _ = module(batch, product_ids, None)
+    texts = rows["attributes"].tolist()  # AGCL weights negatives by BM25 of attribute texts
+    bm25 = pairwise_bm25(texts, BM25Stats.fit(texts)).to(device)
+    loss, _ = module(batch, product_ids, bm25)
     loss.backward()
     lora = [p.grad for name, p in embedder.named_parameters() if "lora_" in name
             and p.requires_grad]
