@@ -64,23 +64,28 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 def query_splits(catalog: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(RL prompts, held-out queries): usable photos of products that are in the gallery.
 
-    RL prompts are the ``train`` photos and held-out queries the ``test`` photos. A catalog
-    without train photos (the CI-sized mini list) splits its test photos instead: one photo per
-    product is held out, the others become prompts (disjoint photos of the same products, as
-    train and test are in the full data set).
+    RL prompts are the ``train`` photos and the held-out monitor reads the ``val`` photos, so
+    ``test`` stays for evaluation. Without val photos one train photo per product is held out
+    (disjoint photos of the same products). Only a catalog with no train or val photos at all
+    (the CI-sized mini list) falls back to splitting its test photos, and says so.
     """
     products = set(catalog.loc[catalog["split"] == "catalog", "group_id"])
     usable = catalog[(catalog["error"] == "") & (catalog["image_uri"] != "")
                      & catalog["group_id"].isin(products)]
-    train, test = usable[usable["split"] == "train"], usable[usable["split"] == "test"]
-    if train.empty:
-        shuffled = test.sample(frac=1.0, random_state=seed)
+    train, heldout = usable[usable["split"] == "train"], usable[usable["split"] == "val"]
+    if train.empty and heldout.empty:
+        log.warning("RAR: the catalog has no train or val photos; prompts and the held-out "
+                    "monitor come from its test photos (fine for a smoke run, not for results)")
+        train = usable[usable["split"] == "test"]
+    if heldout.empty:
+        shuffled = train.sample(frac=1.0, random_state=seed)
         first = shuffled.groupby("group_id").cumcount() == 0
-        train, test = shuffled[~first].sort_values("item_id"), shuffled[first]
-    if train.empty or test.empty:
-        raise ValueError("RAR needs query photos (split train/test) of catalog products; the "
-                         "catalog has none (check data.catalog / data.grocery_items_file)")
-    return train.reset_index(drop=True), test.sort_values("item_id").reset_index(drop=True)
+        train, heldout = shuffled[~first].sort_values("item_id"), shuffled[first]
+    if train.empty or heldout.empty:
+        raise ValueError("RAR needs query photos (split train, and val or a second train photo "
+                         "per product) of catalog products; the catalog has none (check "
+                         "data.catalog / data.grocery_items_file)")
+    return train.reset_index(drop=True), heldout.sort_values("item_id").reset_index(drop=True)
 
 
 def _with_images(batch: dict[str, list], image_size: int) -> dict[str, list]:

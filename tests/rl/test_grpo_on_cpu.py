@@ -28,6 +28,18 @@ def test_query_splits_keep_photos_disjoint(catalog):
     assert set(heldout["group_id"]) == set(prompts["group_id"])
 
 
+def test_query_splits_never_read_test_photos_when_train_and_val_exist(catalog):
+    """The split contract: RL prompts are train photos, the held-out monitor reads val photos."""
+    photos = catalog[catalog["split"] == "test"].copy()
+    per_product = photos.groupby("group_id").cumcount()
+    photos["split"] = ["train" if n < 2 else "val" if n == 2 else "test" for n in per_product]
+    relabelled = catalog.copy()
+    relabelled.loc[photos.index, "split"] = photos["split"]
+    prompts, heldout = query_splits(relabelled)
+    assert set(prompts["split"]) == {"train"}
+    assert set(heldout["split"]) == {"val"}
+
+
 def test_rl_prompt_is_the_extraction_prompt_with_its_image(tmp_path, rl_config, catalog):
     """What TRL renders for a dataset row equals the shared Prompter's extraction prompt, and
     the image rides along (a dropped image would silently train a text-only policy)."""
