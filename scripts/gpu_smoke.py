@@ -70,7 +70,7 @@ def smoke_config(out: Path, device: str):
 
 
 def tiny_catalog(out: Path):
-    """4 products: a catalog row (title + image) and a shopper photo (image only) each."""
+    """4 products: a catalog row (title + image) and two shopper photos (train, val) each."""
     import pandas as pd
     from PIL import Image
 
@@ -78,7 +78,7 @@ def tiny_catalog(out: Path):
     images.mkdir(parents=True, exist_ok=True)
     rows = []
     for group, (title, colour, category) in enumerate(PRODUCTS):
-        for split, shade in (("catalog", 0), ("train", 40), ("test", 80)):
+        for split, shade in (("catalog", 0), ("train", 40), ("val", 80)):
             path = images / f"{group}-{split}.jpg"
             Image.new("RGB", (96, 96), colour).point(lambda v: max(0, v - shade)).save(path)
             rows.append({"item_id": f"{group}-{split}", "group_id": group, "split": split,
