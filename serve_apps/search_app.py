@@ -24,8 +24,8 @@ from afmrl.serve.api import create_api
 from afmrl.serve.catalog import Catalog, IndexSource
 from afmrl.serve.config_gen import SHARD_CPUS, SearchAppArgs, deployment_options
 from afmrl.serve.enrich import query_attributes, query_engine
-from afmrl.utils.device import serve_deployment, torch_device
 from afmrl.serve.service import SearchService
+from afmrl.utils.device import serve_deployment, torch_device
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 DEFAULT_BATCHING = ServeConfig()
