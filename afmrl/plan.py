@@ -94,6 +94,16 @@ def check_plan(plans: Sequence[StagePlan]) -> None:
         preflight(plan.placements, f"stage {plan.stage}")
 
 
+def join_checked(config: AfmrlConfig, stages: Sequence[str] | None = None) -> None:
+    """Join (or start) the Ray cluster and stop before any work when ``stages`` do not fit it:
+    every job starts with this, so a plan the cluster cannot hold fails in seconds with what to
+    change instead of hanging on an unschedulable actor."""
+    from afmrl.utils.ray_utils import init_ray
+
+    init_ray(config.ray)
+    check_plan(resource_plan(config, stages))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from afmrl.utils.job import parse, parser
 

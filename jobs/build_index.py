@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.extract.stage import load_attributes, with_attributes
     from afmrl.index.stage import build_catalog_index
     from afmrl.layout import RunLayout
-    from afmrl.utils.ray_utils import init_ray
+    from afmrl.plan import join_checked
 
     layout = RunLayout.of(config)
     embedder = Path(args.embedder) if args.embedder else next(
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         if layout.attributes(tag).is_dir():
             catalog = with_attributes(catalog, load_attributes(layout.attributes(tag)))
             break
-    init_ray(config.ray)
+    join_checked(config, ["index"])
     with stage_run(config, "index") as tracker:
         path = build_catalog_index(config, embedder, catalog, layout.index, tracker)
     print(f"index: {path}")

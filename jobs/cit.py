@@ -17,10 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = parse(argv, __doc__)
     from afmrl.config import replace
     from afmrl.pipeline import Pipeline, format_results
-    from afmrl.utils.ray_utils import init_ray
+    from afmrl.plan import join_checked
 
-    init_ray(config.ray)
     config = replace(config, stages=("extract", "train", "rar", "cit"))
+    join_checked(config)
     summary = Pipeline(config).run()
     print(format_results(summary))
     print(f"MLflow: {summary['mlflow']} (parent run {summary['parent_run_id']})")

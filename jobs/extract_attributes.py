@@ -32,11 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.data import load_catalog
     from afmrl.extract.stage import distilled_generator, extract_all
     from afmrl.layout import RunLayout
-    from afmrl.plan import check_plan, resource_plan
-    from afmrl.utils.ray_utils import init_ray
+    from afmrl.plan import join_checked
 
-    init_ray(config.ray)
-    check_plan(resource_plan(config, ["extract"]))
+    join_checked(config, ["extract"])
     with stage_run(config, "extract") as tracker:
         catalog = load_catalog(config.data)
         generator = distilled_generator(config, catalog, tracker)

@@ -58,18 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.pipeline import Pipeline
     from afmrl.serve.launch import stop_serving, wait_for_interrupt
     from afmrl.utils.console import install_interrupt_handler
-    from afmrl.utils.ray_utils import init_ray
+    from afmrl.plan import join_checked
+    from afmrl.utils.ray_utils import ResourceShortfall
 
     install_interrupt_handler()
     started_ray = not ray.is_initialized()
     try:
-        init_ray(config.ray)
+        join_checked(config)
         pipeline = Pipeline(config)
         summary = pipeline.run()
         _print_summary(pipeline, summary)
         if summary["endpoint"] and not args.no_wait:
             print("serving; Ctrl-C to stop", flush=True)
             wait_for_interrupt()
+    except ResourceShortfall as shortfall:
+        print(f"afmrl pipeline: {shortfall}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt as stop:  # Ctrl-C / SIGTERM (afmrl.utils.console.Interrupted)
         print(f"\ninterrupted ({stop or 'Ctrl-C'}): stopping the search app and Ray; finished "
               f"stages are saved, rerun the same command to resume", file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.index.stage import SOURCE_FILE
     from afmrl.layout import RunLayout
     from afmrl.serve.launch import curl_example, default_generator, launch, wait_until_interrupted
-    from afmrl.utils.ray_utils import init_ray
+    from afmrl.plan import join_checked
 
     layout = RunLayout.of(config)
     index = Path(args.index) if args.index else layout.index
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         p.exit(2, f"no index at {index}; run `afmrl index` first or pass --index\n")
     generator = default_generator(layout) if args.generator is None else \
         None if args.generator == "none" else Path(args.generator)
-    init_ray(config.ray)
+    join_checked(config, ["serve"])
     url = launch(config, index, generator, blocking=False)
     print(f"search app: {url}/  (API reference: {url}/docs, enrichment: "
           f"{'on, ' + str(generator) if generator else 'off'})")

@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.extract.stage import load_attributes
     from afmrl.layout import RunLayout
     from afmrl.train.stage import run_agcl
-    from afmrl.utils.ray_utils import init_ray
+    from afmrl.plan import join_checked
 
-    init_ray(config.ray)
+    join_checked(config, ["train"])
     attributes = None if args.attributes == "none" else \
         load_attributes(RunLayout.of(config).attributes(args.attributes))
     with stage_run(config, f"train_{args.tag}") as tracker:

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     from afmrl.data import load_catalog
     from afmrl.extract.stage import base_generator, load_attributes
     from afmrl.layout import RunLayout
-    from afmrl.rl.grpo import resources, run_rar
-    from afmrl.utils.ray_utils import init_ray, preflight
+    from afmrl.plan import join_checked
+    from afmrl.rl.grpo import run_rar
 
     layout = RunLayout.of(config)
     embedder = layout.embedder("agcl")
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = load_catalog(config.data)
     generator = layout.generator_sft if layout.generator_sft.is_dir() else \
         base_generator(config, catalog)
-    init_ray(config.ray)
-    preflight(resources(config), "RAR (GRPO ranks + reward actors)")
+    join_checked(config, ["rar"])
     with stage_run(config, "rar") as tracker:
         out = run_rar(config, generator, embedder, catalog, attributes, tracker)
     print(f"generator (RAR): {out}\ncurves: {layout.rar / 'reward_curve.png'}\n"

@@ -62,3 +62,20 @@ def test_check_stops_a_plan_the_cluster_cannot_hold(ray_local, capsys):
     check_plan(resource_plan(load_config(None, ["train.num_workers=2"]), ["train"]))
     assert main(["plan", "--config", GPU, "--stages", "rar", "--check"]) == 1
     assert "does not fit: stage rar cannot be scheduled" in capsys.readouterr().err
+
+
+def test_a_job_whose_plan_does_not_fit_stops_before_any_work(tmp_path, capsys):
+    """Every job joins the cluster through plan.join_checked: 64 AGCL workers on this machine's
+    local cluster end the pipeline with exit 2 and the gap, before a stage runs."""
+    import ray
+
+    from afmrl.cli import main as cli
+
+    try:
+        code = cli(["pipeline", "--config", str(REPO_ROOT / "configs" / "mini.yaml"),
+                    f"run_dir={tmp_path}", "train.num_workers=64", "ray.dashboard=false"])
+    finally:
+        ray.shutdown()
+    assert code == 2
+    assert "stage train cannot be scheduled on this Ray cluster (CPU: need 64" in capsys.readouterr().err
+    assert not (tmp_path / "pipeline_state.json").exists()
