@@ -10,6 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from afmrl.config import REPO_ROOT
+from afmrl.extract.sft import sft_generator, teacher_examples
 from afmrl.extract.stage import base_generator
 from afmrl.layout import RunLayout
 from afmrl.models.processor import PromptItem, Prompter
@@ -71,11 +72,17 @@ def test_stage2_job_names_the_missing_input(tmp_path, capsys):
 @pytest.mark.usefixtures("ray_local")
 def test_grpo_trains_logs_and_resumes(tmp_path, rl_config, catalog, attributes_table,
                                       embedder_dir):
-    base = ("rl.checkpoint_every_steps=1", "rl.group_size=2", "rl.prompts_per_step=2",
-            "rl.max_completion_tokens=16", "train.cpus_per_worker=1")
+    base = ("rl.checkpoint_every_steps=1", "rl.group_size=4", "rl.prompts_per_step=2",
+            "rl.max_completion_tokens=64", "train.cpus_per_worker=1")
     config = rl_config(tmp_path, "rl.max_steps=2", *base)
     layout = RunLayout.of(config)
-    generator = base_generator(config, catalog)
+    # A briefly distilled generator (as stage 0 hands RAR): some rollouts parse and some do
+    # not, so groups get different rewards and GRPO has an advantage to follow. A random
+    # generator's rollouts are all malformed: every group uniform, nothing to learn.
+    keys = config.extract.attribute_keys
+    generator = sft_generator(base_generator(config, catalog), tmp_path / "sft",
+                              teacher_examples(catalog, keys), keys, steps=80,
+                              image_size=config.data.image_size)
 
     def run(cfg) -> str:
         with stage_run(cfg, "rar") as tracker:
