@@ -43,7 +43,14 @@ def test_lexical_mode_finds_an_item_by_its_title(private_index, serve_config):
     catalog = Catalog(private_index, serve_config.ray, shard_cpus=0)
     try:
         items = pd.read_parquet(private_index / ITEMS_FILE)
-        for title, item_id in zip(items["title"][:5], items["item_id"][:5]):
+        words = [set(t.lower().split()) for t in items["title"]]
+        # A title whose words all stand in a longer title (God Morgon Orange Juice vs God Morgon
+        # Orange Red Grapefruit Juice) may rank the longer one first: only distinct titles count.
+        distinct = [i for i, w in enumerate(words)
+                    if not any(j != i and w <= other for j, other in enumerate(words))][:5]
+        assert len(distinct) == 5
+        for i in distinct:
+            title, item_id = items["title"][i], items["item_id"][i]
             assert ids(catalog.search(None, 1, {}, title, "lexical"))[0] == item_id
     finally:
         catalog.index.shutdown()
