@@ -291,10 +291,6 @@ class IndexConfig:
 class EvalConfig:
     ks: tuple[int, ...] = doc("Cut-offs reported as recall_at_K / map_at_K.", (1, 5, 10))
     num_evaluators: int = doc("RecallEvaluator actors (queries are split across them).", 1)
-    pricerunner_clusters: int | None = doc(
-        "PriceRunner evaluation subset: this many whole clusters sampled (leave-one-out within "
-        "them; the TF-IDF baseline is scored on the same subset). None = all 13,233; 0 = skip.",
-        2000)
 
     def __post_init__(self) -> None:
         _require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "eval.ks must be >= 1")

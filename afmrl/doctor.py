@@ -65,7 +65,7 @@ def estimate_stage_seconds(config: AfmrlConfig, catalog=None) -> dict[str, float
     labelled = sum(counts.get(s, 0) for s in config.extract.splits)
     extract = r["engine_start_s"] + labelled / r["extract_rows_per_s"]
     pairs = sum(counts.get(s, 0) for s in config.train.pair_splits)
-    eval_queries = counts.get("test", 0) + 2.3 * (config.eval.pricerunner_clusters or 0)
+    eval_queries = counts.get("test", 0)
     epochs = config.train.epochs
     evals = epochs // max(config.train.eval_every_epochs, 1)
     image_factor = (config.train.image_size / 96) ** 2
@@ -176,13 +176,10 @@ def check_shared_data(config: AfmrlConfig) -> Check:
               "pricerunner": root / "pricerunner"}.get(config.data.catalog,
                                                        Path(config.data.catalog))
     needed = [needed]
-    if config.eval.pricerunner_clusters != 0 and root / "pricerunner" not in needed:
-        needed.append(root / "pricerunner")  # the second benchmark of the train stage
     missing = [str(p) for p in needed if not p.exists()]
     return Check("shared data", not missing,
                  "missing: " + ", ".join(missing) if missing else ", ".join(map(str, needed)),
-                 f"put the data sets under {root} (see its README), or pass data.root=PATH "
-                 f"(and eval.pricerunner_clusters=0 to skip PriceRunner)")
+                 f"put the data sets under {root} (see its README), or pass data.root=PATH")
 
 
 LIGHT_CHECKS: dict[str, Callable[[AfmrlConfig], Check]] = {

@@ -33,8 +33,7 @@ def test_mini_pipeline_console_and_ctrl_c_while_serving(shared_data, tmp_path):
     command = [sys.executable, "-m", "afmrl.cli", "pipeline", "--config",
                str(REPO_ROOT / "configs" / "mini.yaml"), f"run_dir={tmp_path}",
                f"data.root={shared_data}", f"serve.port={port}", "models.text_tower=tiny",
-               "extract.sft_steps=40", "train.epochs=2", "rl.max_steps=2",
-               "eval.pricerunner_clusters=50"]
+               "extract.sft_steps=40", "train.epochs=2", "rl.max_steps=2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)

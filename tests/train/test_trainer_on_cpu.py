@@ -24,7 +24,7 @@ def _config(tmp_path, *extra):
     return load_config(None, [
         f"run_dir={tmp_path}", "data.grocery_items_file=items_mini_packages.csv",
         "models.text_tower=tiny", "train.image_size=32", "train.per_device_batch_size=4",
-        "train.pair_splits=[catalog]", "eval.pricerunner_clusters=0", "train.lr=1e-3",
+        "train.pair_splits=[catalog]", "train.lr=1e-3",
         "train.cpus_per_worker=1", *extra])
 
 
