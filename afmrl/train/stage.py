@@ -11,19 +11,17 @@ from afmrl.data import load_catalog
 from afmrl.eval.protocol import EvalSet, build_eval_set
 from afmrl.extract.stage import with_attributes
 from afmrl.train.data import bm25_corpus, training_pairs
-from afmrl.train.trainer import TrainResult, train_agcl
+from afmrl.train.trainer import SELECTION_BENCHMARK, TrainResult, train_agcl
 
 log = logging.getLogger("afmrl")
-
-# The trainer keeps the checkpoint with the best ``<SELECTION_BENCHMARK>/recall_at_1``.
-SELECTION_BENCHMARK = "val"
 
 
 def selection_benchmarks(catalog: pd.DataFrame, keys, with_query_attributes: bool
                          ) -> dict[str, EvalSet]:
     """The benchmarks training may read: the ``val`` split only (none when it has no queries)."""
     try:
-        return {SELECTION_BENCHMARK: build_eval_set(catalog, "val", keys, with_query_attributes)}
+        return {SELECTION_BENCHMARK: build_eval_set(catalog, SELECTION_BENCHMARK, keys,
+                                                    with_query_attributes)}
     except ValueError as error:
         log.info("no validation benchmark (%s): AGCL keeps its last checkpoint", error)
         return {}

@@ -42,7 +42,8 @@ from afmrl.utils.io import atomic_write_json
 
 log = logging.getLogger("afmrl")
 METRICS_FILE = "metrics.json"  # rank 0's metrics of the exported epoch
-SELECTION_METRIC = "val/recall_at_1"  # read only when the benchmarks include "val"
+SELECTION_BENCHMARK = "val"  # the benchmark whose recall_at_1 picks the exported epoch
+SELECTION_METRIC = f"{SELECTION_BENCHMARK}/recall_at_1"  # read only when it is passed
 BEST_DIR, BEST_FILE = "best", "best.json"  # the best-so-far export and its epoch's metrics
 CHECKPOINT_LOG = "checkpoints.jsonl"  # one line per checkpoint: what it covers
 
