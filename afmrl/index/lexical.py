@@ -370,7 +370,8 @@ class ShardedLexicalIndex:
         if private_copy is not None:
             private_copy = Path(private_copy)
             shutil.rmtree(private_copy, ignore_errors=True)
-            shutil.copytree(path, private_copy, copy_function=_link_or_copy)
+            shutil.copytree(path, private_copy, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns(*LOCK_FILES))
             path = private_copy
         analysis = Analysis.from_dict(manifest["analysis"])
         shards = []
@@ -389,11 +390,22 @@ def _shard_dir(shard: int) -> str:
     return f"shard-{shard:03d}"
 
 
+# Tantivy's writer/meta locks are flock()s on these files: a hard link would share the lock
+# between every copy (two Serve replicas then fail each other's commits with LockBusy).
+LOCK_FILES = (".tantivy-*.lock",)
+# Segment files tantivy writes once and never rewrites: safe to share as hard links. Anything
+# else (meta.json, .managed.json, ids.npy) is copied, so writing it never reaches the source.
+SEGMENT_SUFFIXES = frozenset({".fast", ".fieldnorm", ".idx", ".pos", ".store", ".term", ".del"})
+
+
 def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+    if Path(source).suffix in SEGMENT_SUFFIXES:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass  # another file system: copy
+    shutil.copy2(source, target)
 
 
 def read_lexical_manifest(path: str | Path, expected_fingerprint: str | None = None,

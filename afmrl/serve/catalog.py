@@ -33,7 +33,8 @@ from afmrl.index.faiss_index import MANIFEST, IndexMismatchError
 from afmrl.index.fusion import load_tuned, rank
 from afmrl.index.lexical import (LEXICAL_DIR, LexicalIndexMissing, ShardedLexicalIndex,
                                  items_fingerprint, lexical_rows)
-from afmrl.index.sharded import DEFAULT_ACTOR_CPUS, ShardedIndex, gather_from_actors
+from afmrl.index.sharded import (DEFAULT_ACTOR_CPUS, ShardedIndex, ShardUnavailable,
+                                 gather_from_actors)
 from afmrl.index.stage import ITEMS_FILE, SOURCE_FILE
 from afmrl.serve.filters import AttributeIndex, filtered_search
 from afmrl.utils.io import atomic_write_bytes, fingerprint_tree, sha256_bytes, sha256_file
@@ -199,12 +200,19 @@ def update_store_url(configured: str | None, index_dir: Path) -> str:
         f"sqlite:///{index_dir / UPDATE_DB_FILE}"
 
 
+class CatalogDiverged(ShardUnavailable):
+    """Applying update records failed part-way: FAISS, lexical index and item records of this
+    replica may disagree, so it answers 503 until Serve replaces it (the replacement reloads
+    the saved index and replays the log)."""
+
+
 class Catalog:
     """Index + items + update log behind one lock (Serve runs sync methods in a thread pool).
 
     Methods return internal item records (with the server-side ``image_uri``); the HTTP layer
     decides what clients see. ``check_health`` is Ray Serve's replica health check: a dead
-    shard actor makes the replica unhealthy, and Serve replaces it with one that reloads.
+    shard actor or a failed update makes the replica unhealthy, and Serve replaces it with one
+    that reloads.
     """
 
     def __init__(self, index_dir: str | Path, ray_config: RayConfig,
@@ -225,6 +233,7 @@ class Catalog:
         self.lexical = self._open_lexical(saved_items, len(self.index.shards))
         self.retrieval = load_tuned(self.source.index_dir, retrieval)
         self.applied = 0
+        self.diverged: str | None = None
         self.lock = threading.Lock()
         self._sync()
 
@@ -253,10 +262,22 @@ class Catalog:
         self.attributes.remove(item_id)
 
     def _sync(self) -> None:
-        """Apply new update records: only each id's last record matters, applied in one batch."""
+        """Apply new update records: only each id's last record matters, applied in one batch.
+        A batch that fails part-way leaves this replica diverged (``CatalogDiverged``)."""
+        if self.diverged is not None:
+            raise CatalogDiverged(self.diverged)
         records = self.journal.read_new()
         if not records:
             return
+        try:
+            self._apply(records)
+        except Exception as error:
+            self.diverged = (f"applying update records up to {self.journal.last_seq} failed "
+                             f"({type(error).__name__}: {error}); this replica is marked "
+                             f"unhealthy and is replaced by one that replays the log")
+            raise CatalogDiverged(self.diverged) from error
+
+    def _apply(self, records: list[dict[str, Any]]) -> None:
         final: dict[str, dict[str, Any]] = {}
         for record in records:
             item_id = record["item"]["item_id"] if record["op"] == "put" else record["item_id"]
@@ -376,4 +397,6 @@ class Catalog:
                     "shards": [{"shard": s["shard"], "items": s["items"]} for s in shards]}
 
     def check_health(self) -> None:
+        if self.diverged is not None:
+            raise CatalogDiverged(self.diverged)
         len(self.index)  # raises ShardUnavailable when a shard actor is gone

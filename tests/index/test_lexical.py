@@ -83,6 +83,22 @@ def test_private_copy_leaves_the_saved_index_untouched(tmp_path):
     assert top(ShardedLexicalIndex.load(path), "arla milk") == ["milk"]
 
 
+def test_private_copies_take_writes_at_the_same_time(tmp_path):
+    """Two Serve replicas each hold a private copy and apply the same update concurrently: their
+    writer locks must be their own (hard-linked lock files made one fail with LockBusy)."""
+    path = tmp_path / "lexical"
+    ShardedLexicalIndex.build(ROWS, 2, path=path).save(path)
+    first = ShardedLexicalIndex.load(path, private_copy=tmp_path / "first")
+    second = ShardedLexicalIndex.load(path, private_copy=tmp_path / "second")
+    for replica in (first, second):  # both writers open before either commits
+        replica.remove(["milk"])
+        replica.add({"item_id": ["milk-2"], "title": ["Arla milk 1l"]})
+    for replica in (first, second):
+        replica.commit()
+        assert top(replica, "arla milk") == ["milk-2"]
+    assert top(ShardedLexicalIndex.load(path), "arla milk") == ["milk"]
+
+
 def test_load_refuses_a_mismatched_manifest(tmp_path):
     path = tmp_path / "lexical"
     ShardedLexicalIndex.build(ROWS, 2, path=path, content_hashes=HASHES).save(path)

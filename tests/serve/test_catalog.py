@@ -11,8 +11,8 @@ import pytest
 
 from afmrl.index.faiss_index import IndexMismatchError
 from afmrl.index.stage import SOURCE_FILE
-from afmrl.serve.catalog import (UPDATE_DB_FILE, Catalog, IndexSource, decode_vector,
-                                 encode_vector)
+from afmrl.serve.catalog import (UPDATE_DB_FILE, Catalog, CatalogDiverged, IndexSource,
+                                 decode_vector, encode_vector)
 
 
 def test_vectors_round_trip_exactly():
@@ -48,6 +48,25 @@ def test_replicas_converge_through_the_update_log(private_index, serve_config):
     finally:
         first.index.shutdown()
         second.index.shutdown()
+
+
+def test_a_replica_whose_update_failed_part_way_stops_serving(private_index, serve_config):
+    """A log record this replica cannot apply (here: a vector of another dimension, written by
+    another writer) fails after the old vector left FAISS: the replica must refuse to answer
+    and fail its health check (Serve replaces it), not serve a catalog that disagrees with its
+    index (which answered KeyError for ids in FAISS but not in the item records)."""
+    catalog = Catalog(private_index, serve_config.ray, shard_cpus=0)
+    try:
+        item_id = catalog.search(np.ones(catalog.source.dim, np.float32), 1, {})[0]["item_id"]
+        bad = {**catalog.items[item_id], "attributes": "{}"}
+        catalog.journal.append({"op": "put", "item": bad,
+                                "vector": encode_vector(np.ones(3, np.float32))})
+        for call in (lambda: catalog.search(np.ones(catalog.source.dim, np.float32), 3, {}),
+                     catalog.count, catalog.check_health):
+            with pytest.raises(CatalogDiverged, match="replays the log"):
+                call()
+    finally:
+        catalog.index.shutdown()
 
 
 def test_an_index_of_another_embedder_is_refused(private_index, serve_config):

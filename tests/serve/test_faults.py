@@ -21,14 +21,7 @@ QUERIES = [{"text": text, "k": 5} for text in ("apple juice", "oat milk", "vanil
 RATE, BEFORE_S, AFTER_S, GRACE_S = 6.0, 4.0, 6.0, 2.0
 
 
-@pytest.mark.parametrize("deployment", [
-    pytest.param("Retriever", marks=pytest.mark.xfail(strict=False, reason=(
-        "known bug under investigation: PUTs under load answered 500 (ValueError from the "
-        "Retriever) and the shards held one item more than the catalog after the kill"))),
-    "Embedder",
-    pytest.param("SearchIngress", marks=pytest.mark.xfail(strict=False, reason=(
-        "known bug under investigation: 2 concurrent PUTs answered 500 (ValueError from "
-        "the Retriever) before the ingress kill")))])
+@pytest.mark.parametrize("deployment", ["Retriever", "Embedder", "SearchIngress"])
 def test_a_killed_replica_loses_no_acknowledged_write(live_app, deployment):
     replicas = live_app.config.serve.embed_replicas  # every deployment's min_replicas
     run = measure_fault(live_app.url, APP_NAME, deployment, replicas, QUERIES, RATE, BEFORE_S,
