@@ -129,9 +129,8 @@ def run_at_rate(base_url: str, next_request: RequestFactory, rate: float, stop: 
     return sorted(outcomes, key=lambda o: o.sent_at)
 
 
-def window_stats(outcomes: Sequence[Outcome], start: float, end: float) -> dict[str, Any]:
-    """Requests sent in [start, end): count, failures, p50/p99 latency (ms) of the answered."""
-    window = [o for o in outcomes if start <= o.sent_at < end]
+def window_stats(window: Sequence[Outcome]) -> dict[str, Any]:
+    """Count, failures and p50/p99 latency (ms) of the answered requests of one window."""
     latencies = [o.latency_s for o in window if o.ok]
     return {"sent": len(window), "failed": sum(not o.ok for o in window),
             "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None,
@@ -209,16 +208,19 @@ def kill_replica(app: str, deployment: str) -> str:
     return victim["name"]
 
 
-def wait_replaced(app: str, deployment: str, victim: str, replicas: int, timeout_s: float
-                  ) -> float:
-    """Seconds until Serve runs ``replicas`` healthy replicas again, none of them ``victim``."""
+def wait_replaced(app: str, deployment: str, before: set[str], replicas: int,
+                  timeout_s: float) -> float:
+    """Seconds until Serve runs ``replicas`` replicas again, one of them new (not in
+    ``before``, the replica names at the kill). The dead actor leaves Ray's actor table at
+    once while Serve still counts it RUNNING until its health check fails, so only a new
+    replica name proves the replacement."""
     from ray import serve
 
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         status = serve.status().applications[app].deployments[deployment]
-        if (status.replica_states.get("RUNNING", 0) == replicas
-                and victim not in running_replicas(app, deployment)):
+        names = set(running_replicas(app, deployment))
+        if status.replica_states.get("RUNNING", 0) == replicas and names - before:
             return time.monotonic() - started
         time.sleep(0.2)
     raise TimeoutError(f"Serve did not replace the killed {deployment} replica in {timeout_s}s")
@@ -232,25 +234,30 @@ def measure_fault(base_url: str, app: str, deployment: str, replicas: int,
 
     Returns the outcomes, the workload (its acknowledged writes) and the figures: requests
     sent/failed and p50/p99 before the kill, during recovery and after it, and ``recover_s``
-    (kill -> replacement running).
+    (kill -> a new replica running).
     """
     workload = CatalogWorkload(queries, prefix=f"fault-{deployment.lower()}")
     stop = threading.Event()
     result: dict[str, Any] = {}
     load = threading.Thread(target=lambda: result.update(outcomes=run_at_rate(
         base_url, workload, rate, stop, on_answer=workload.answered)))
-    start = time.monotonic()
     load.start()
     time.sleep(before_s)
+    replicas_at_kill = set(running_replicas(app, deployment))
     killed_at = time.monotonic()
-    victim = kill_replica(app, deployment)
-    recover_s = wait_replaced(app, deployment, victim, replicas, timeout_s=180)
+    kill_replica(app, deployment)
+    recover_s = wait_replaced(app, deployment, replicas_at_kill, replicas, timeout_s=180)
     recovered_at = killed_at + recover_s + grace_s
     time.sleep(max(after_s, grace_s))
     stop.set()
     load.join()
     outcomes = result["outcomes"]
+    # Before: answered before the kill; after: sent once the replacement serves; during: the
+    # rest, including requests in flight at the kill.
+    windows: dict[str, list[Outcome]] = {"before": [], "during": [], "after": []}
+    for o in outcomes:
+        window = "before" if o.sent_at + o.latency_s < killed_at else \
+            "after" if o.sent_at >= recovered_at else "during"
+        windows[window].append(o)
     return {"outcomes": outcomes, "workload": workload, "recover_s": round(recover_s, 1),
-            "before": window_stats(outcomes, start, killed_at),
-            "during": window_stats(outcomes, killed_at, recovered_at),
-            "after": window_stats(outcomes, recovered_at, float("inf"))}
+            **{name: window_stats(window) for name, window in windows.items()}}
