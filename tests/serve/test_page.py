@@ -32,7 +32,6 @@ def rendered_dom(browser: str, url: str, profile: Path) -> str:
                           check=True).stdout
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the serve fixture's untrained tiny generator emits {} under the extraction schema and the fixture index items carry no attributes, so no attribute can render; needs a fixture generator that writes attributes")
 def test_a_query_renders_result_cards(chromium, live_app, tmp_path):
     expected = requests.post(f"{live_app.url}/search", json={"text": "apple juice", "k": 5},
                              timeout=60).json()["hits"]
@@ -43,12 +42,13 @@ def test_a_query_renders_result_cards(chromium, live_app, tmp_path):
     for (_, card), hit in zip(cards, expected):
         assert f'<img alt="{hit["title"]}" src="{hit["image_url"]}">' in card
         assert f"<h3>{hit['title'] or hit['item_id']}</h3>" in card
-        for key, value in hit["attributes"].items():
-            assert f"<li>{key}: {value}</li>" in card
+        assert hit["attributes"], "the sample index items carry teacher attributes"
+        for key, value in hit["attributes"].items():  # (each <li> is a click-to-filter)
+            assert re.search(rf"<li[^>]*>{re.escape(f'{key}: {value}')}</li>", card), (key, card)
     assert re.search(r'<div id="status" role="status"[^>]*>5 results in \d+ ms', dom)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the serve fixture's untrained tiny generator emits {} under the extraction schema and the fixture index items carry no attributes, so no attribute can render; needs a fixture generator that writes attributes")
+@pytest.mark.xfail(strict=True, reason="known gap: the serve fixture's generator is untrained and, under the extraction JSON schema with extract.max_tokens=16, always writes {}; so there are no query attributes to render. Needs a briefly distilled fixture generator with a longer token budget (slower enrichment on every serve test)")
 def test_cards_explain_why_and_show_the_generated_query_attributes(chromium, live_app,
                                                                    tmp_path):
     """Enrichment is on by default (the app has a generator): the page shows what the generator
