@@ -3,6 +3,7 @@ the same embed + search called in-process, with dynamic batching off (max_batch_
 
     python bench/bench_serve.py                          # sample index, MiniLM text tower
     python bench/bench_serve.py --index runs/local/index --seconds 20 --clients 8 --batch 16
+    python bench/bench_serve.py --modes dense lexical hybrid   # retrieval modes over HTTP
 
 Every deployment runs ``--replicas`` replicas (autoscaling pinned, so capacity does not change
 mid-measurement); no generator (enrich off). Timings on a shared 2-core box swing a lot: compare
@@ -59,18 +60,22 @@ def in_process(config: AfmrlConfig, index_dir: Path, seconds: float) -> LoadResu
 
 
 def over_http(config: AfmrlConfig, index_dir: Path, seconds: float,
-              clients: Sequence[int]) -> dict[int, LoadResult]:
+              clients: Sequence[int], modes: Sequence[str | None] = (None,)
+              ) -> dict[tuple[str | None, int], LoadResult]:
+    """HTTP load per (retrieval mode, client count); mode None: the app's default."""
     from afmrl.serve.launch import launch
 
     url = launch(config, index_dir, None, blocking=False)
-    payloads = [{"text": text, "k": K} for text in QUERIES]
-    run_load(f"{url}/search", payloads, max(clients), 2.0)  # warm-up
     results = {}
-    for n in clients:
-        results[n] = run_load(f"{url}/search", payloads, n, seconds)
-        if results[n].errors:
-            raise RuntimeError(f"{len(results[n].errors)} failed requests, e.g. "
-                               f"{results[n].errors[0]}")
+    for mode in modes:
+        extra = {} if mode is None else {"mode": mode}
+        payloads = [{"text": text, "k": K, **extra} for text in QUERIES]
+        run_load(f"{url}/search", payloads, max(clients), 2.0)  # warm-up
+        for n in clients:
+            results[mode, n] = result = run_load(f"{url}/search", payloads, n, seconds)
+            if result.errors:
+                raise RuntimeError(f"{len(result.errors)} failed requests, e.g. "
+                                   f"{result.errors[0]}")
     return results
 
 
@@ -92,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     p.add_argument("--batch", type=int, default=16, help="max_batch_size of the batched runs")
     p.add_argument("--replicas", type=int, default=1, help="replicas of every deployment")
+    p.add_argument("--modes", nargs="+", choices=("dense", "lexical", "hybrid"), default=None,
+                   help="instead of the batching comparison: each retrieval mode over HTTP "
+                        "(max_batch_size 1), with hybrid/dense p50 printed")
     config, args = parse(argv, __doc__, p)
     from ray import serve
 
@@ -106,18 +114,25 @@ def main(argv: list[str] | None = None) -> int:
                                                      baseline)]
     clients = sorted({1, args.clients})
     try:
-        for batch in (1, args.batch):
+        for batch in (1,) if args.modes else (1, args.batch):
             serving = replace(config, serve=replace(config.serve, max_batch_size=batch,
                                                     embed_replicas=args.replicas,
                                                     max_replicas=args.replicas))
-            for n, result in over_http(serving, index_dir, args.seconds, clients).items():
-                rows.append(("HTTP (Ray Serve)", str(batch), n, result))
+            for (mode, n), result in over_http(serving, index_dir, args.seconds, clients,
+                                               args.modes or (None,)).items():
+                path = "HTTP (Ray Serve)" + (f" mode={mode}" if mode else "")
+                rows.append((path, str(batch), n, result))
     finally:
         serve.shutdown()
     print(f"\nbench_serve: {args.seconds:g} s per cell, k={K}, {args.replicas} replica(s) per "
           f"deployment, text tower {config.models.text_tower}, "
           f"{sum(len(r.latencies_s) for *_, r in rows)} requests\n")
     print(table(rows, baseline))
+    if args.modes and {"dense", "hybrid"} <= set(args.modes):
+        p50 = {(path, n): r.percentile_ms(50) for path, _, n, r in rows}
+        for n in clients:
+            ratio = p50["HTTP (Ray Serve) mode=hybrid", n] / p50["HTTP (Ray Serve) mode=dense", n]
+            print(f"hybrid / dense p50 over HTTP, {n} client(s): {ratio:.2f}x")
     return 0
 
 

@@ -27,7 +27,6 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="failed in the last full CI proof while other heavy runs shared the 2-core machine (a second Ray cluster; Ray Train's placement-group cleaner cannot pick one); not yet re-run alone")
 def test_mini_pipeline_console_and_ctrl_c_while_serving(shared_data, tmp_path):
     port = _free_port()
     command = [sys.executable, "-m", "afmrl.cli", "pipeline", "--config",

@@ -51,6 +51,9 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "RAY_BACKEND_LOG_LEVEL": "fatal",  # C++ core-worker lines (e.g. the PreemptionWatcher one)
     "TORCH_CPP_LOG_LEVEL": "ERROR",    # C++ warnings such as "NUMA binding: Using MEMBIND"
+    # torch resets its loggers' levels when it is imported (after a worker's setup hook ran), so
+    # "Triton not available" in every vLLM actor is only silenced through torch's own setting.
+    "TORCH_LOGS": "-torch",
 }
 # Only in Ray workers: their output reaches the console line by line, so a bar redraws rarely.
 WORKER_ENV = {"TQDM_MININTERVAL": "15"}

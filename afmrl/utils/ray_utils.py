@@ -5,6 +5,7 @@ distributed ML jobs waste hours; every helper here turns them into an error that
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -28,11 +29,14 @@ def init_ray(config: RayConfig) -> dict[str, float]:
     """Join ``config.address`` / $RAY_ADDRESS, or start a local cluster; return its resources."""
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        from afmrl.utils.console import quiet_libraries, ray_runtime_env
+        from afmrl.utils.console import is_verbose, quiet_libraries, ray_runtime_env
 
         quiet_libraries()  # before Ray logs its start-up lines
+        # ray.init sets the "ray" logger to its logging_level (INFO by default) as it starts.
         kwargs: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True,
-                                  "runtime_env": ray_runtime_env()}
+                                  "runtime_env": ray_runtime_env(),
+                                  "logging_level": logging.INFO if is_verbose() else
+                                  logging.ERROR}
         if address:
             ray.init(address=address, **kwargs)
         else:
