@@ -47,7 +47,9 @@ def test_train_progress_prints_step_loss_rate_and_eta(capsys):
 
 QUIET_FAISS = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr);"
                "from afmrl.utils.console import setup_console; setup_console({verbose}); "
-               "import faiss; import warnings; warnings.warn('the PreemptionWatcher argument x')")
+               "import faiss; import warnings; warnings.warn('the PreemptionWatcher argument x');"
+               "import torch._library.triton as triton;"  # torch resets log levels on import
+               "triton.logger.warning('Triton not available, find_triton_kernels = []')")
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -59,6 +61,7 @@ def test_library_noise_is_silenced_at_its_source_and_back_with_verbose(verbose):
     if verbose:
         assert any("faiss" in line.lower() for line in noise)
         assert any("PreemptionWatcher" in line for line in noise)
+        assert any("Triton not available" in line for line in noise)
     else:
         assert noise == []
 
