@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -28,12 +29,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pipeline(overrides, **kwargs) -> subprocess.Popen:
-    """The job in its own process group (it owns its local Ray cluster and Serve app)."""
+def pipeline(overrides, wait: bool = False) -> subprocess.Popen:
+    """The job in its own process group (it owns its local Ray cluster and Serve app); with
+    ``wait`` it keeps serving until Ctrl-C, else it exits after the serve stage's smoke query."""
     command = [sys.executable, "-m", "afmrl.cli", "pipeline", "--config",
-               str(REPO_ROOT / "configs" / "mini.yaml"), "--no-wait", *overrides]
+               str(REPO_ROOT / "configs" / "mini.yaml"), *([] if wait else ["--no-wait"]),
+               *overrides]
     return subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def query_while_serving(process: subprocess.Popen, port: int, timeout: float = 1800
+                        ) -> tuple[str, requests.Response]:
+    """Wait until the job serves, POST a query to its endpoint, then Ctrl-C it (the endpoint
+    lives only as long as the job that owns the Ray cluster). Returns its output and the answer."""
+    lines: list[str] = []
+    serving = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if "serving; Ctrl-C to stop" in line:
+                serving.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not serving.wait(5) and process.poll() is None and time.monotonic() < deadline:
+        pass
+    try:
+        assert serving.is_set(), "the pipeline never reached serving:\n" + "".join(lines[-60:])
+        answer = requests.post(f"http://127.0.0.1:{port}/search",
+                               json={"text": "orange juice", "k": 3}, timeout=60)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        reader.join(timeout=10)
+    assert process.returncode == 130, "".join(lines[-60:])
+    return "".join(lines), answer
 
 
 def finish(process: subprocess.Popen, timeout: float = 1800) -> str:
@@ -51,13 +84,15 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     port = free_port()
     overrides = [f"run_dir={tmp_path}", f"data.root={shared_data}", f"serve.port={port}",
                  "models.text_tower=tiny", "extract.sft_steps=60", "train.epochs=3",
+                 "train.per_device_batch_size=2", "train.checkpoint_every_steps=1",
                  "rl.max_steps=2"]
     config = load_config(REPO_ROOT / "configs" / "mini.yaml", overrides)
     layout = RunLayout.of(config)
 
-    # 1. Kill the driver (and the cluster it owns) once the train stage has a checkpoint. The
-    # mini run trains one step per epoch, ~0.3 s apart: poll fast and train 3 epochs, or the
-    # whole stage can finish between two polls (it did with 2 epochs and 0.5 s polls).
+    # 1. Kill the driver (and the cluster it owns) once the train stage has a checkpoint. Ray
+    # Train workers outlive a SIGKILLed driver by about a second, and the mini run with its
+    # default batch trains one step per epoch: the whole stage finished before they died. Small
+    # batches and a checkpoint per step leave ~20 steps after the first checkpoint.
     first = pipeline(overrides)
     checkpoint = layout.train("infonce") / "checkpoints" / "latest"
     deadline = time.time() + 1500
@@ -70,8 +105,9 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     assert set(before) == {"extract"}, before  # killed mid-train
     attributes = (layout.attributes("sft") / "summary.json").read_text()
 
-    # 2. The rerun resumes: extract is not rerun, training continues from its checkpoint.
-    out = finish(pipeline(overrides))
+    # 2. The rerun resumes (extract is not rerun, training continues from its checkpoint) and
+    # serves until Ctrl-C; the endpoint answers a real query with the documented schema.
+    out, response = query_while_serving(pipeline(overrides, wait=True), port)
     records = stage_records(layout)
     assert records["extract"] == before["extract"]
     assert (layout.attributes("sft") / "summary.json").read_text() == attributes
@@ -106,8 +142,6 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     assert "| cit |" in out and "endpoint:" in out
 
     # The served endpoint answered a real query with the documented schema.
-    response = requests.post(f"http://127.0.0.1:{port}/search",
-                             json={"text": "orange juice", "k": 3}, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["hits"]) == 3 and body["query_text"]
