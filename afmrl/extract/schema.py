@@ -49,6 +49,13 @@ def normalise_value(value: Any) -> str:
     return text[:MAX_VALUE_CHARS]
 
 
+def informative(value: str) -> bool:
+    """A value that names something: not empty, not a placeholder, and with a letter or digit
+    (a briefly trained generator fills every key with "," or "-", which is valid JSON but says
+    nothing and must not reach a query or a result card)."""
+    return value not in ("none", "null", "unknown", "n/a") and any(c.isalnum() for c in value)
+
+
 def parse_attributes(raw: str, keys: Sequence[str]) -> ParsedAttributes:
     """Parse generator output (a JSON object) against the schema; never raises.
 
@@ -75,7 +82,7 @@ def parse_attributes(raw: str, keys: Sequence[str]) -> ParsedAttributes:
             problems.append(f"{key!r} is not a finite number")
             continue
         text = normalise_value(value)
-        if text and text not in ("none", "null", "unknown", "n/a"):
+        if informative(text):
             values[key] = text
     return ParsedAttributes(values, _bounded("; ".join(problems), len(problems)))
 

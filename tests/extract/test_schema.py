@@ -9,6 +9,13 @@ def test_parse_valid_and_normalise():
     assert parsed.ok and parsed.values == {"category": "milk", "brand": "arla"}
 
 
+def test_values_that_name_nothing_are_dropped():
+    parsed = parse_attributes('{"category": ",", "brand": " - ", "colour": "N/A"}', KEYS)
+    assert parsed.ok and parsed.values == {}
+    assert parse_attributes('{"category": "7-up", "brand": "å"}', KEYS).values == {
+        "category": "7-up", "brand": "å"}
+
+
 def test_malformed_output_is_kept_with_error():
     assert parse_attributes("{not json", KEYS).error.startswith("not JSON")
     assert "expected a JSON object" in parse_attributes("[1, 2]", KEYS).error
