@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,24 @@ def deepspeed_config(train: TrainConfig, total_steps: int) -> dict[str, Any]:
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest complete DeepSpeed tag (DeepSpeed writes ``latest`` after all shards)."""
-    pointer = checkpoint_dir / "latest"
-    if not pointer.is_file():
+    """The newest DeepSpeed tag every rank finished writing, or None.
+
+    DeepSpeed's own ``latest`` pointer is not proof: rank 0 writes it without waiting for the
+    other ranks, and every file is written in place, so a worker killed mid-save leaves a
+    truncated shard under its final name (seen: rank 1's optimizer file cut at 1 MiB). A tag
+    counts when rank 0 logged it in ``checkpoints.jsonl`` (after the barrier that follows every
+    rank's save) and each of its files is a complete torch archive.
+    """
+    log_file = checkpoint_dir.parent / CHECKPOINT_LOG
+    if not log_file.is_file():
         return None
-    tag = pointer.read_text().strip()
-    return tag if (checkpoint_dir / tag).is_dir() else None
+    logged = [json.loads(line)["tag"] for line in log_file.read_text().splitlines()
+              if line.strip()]
+    for tag in reversed(logged):
+        files = list((checkpoint_dir / tag).glob("*.pt"))
+        if files and all(zipfile.is_zipfile(f) for f in files):
+            return tag
+    return None
 
 
 def _rng_state() -> dict[str, Any]:

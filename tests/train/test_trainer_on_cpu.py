@@ -63,6 +63,27 @@ def test_the_best_val_epoch_wins_ties_keep_the_earlier():
     assert not improves({"train_loss_epoch": 1.0}, None)  # no val benchmark: no selection
 
 
+def test_resume_skips_a_checkpoint_a_killed_rank_left_truncated(tmp_path):
+    """Seen in CI: rank 1 was killed mid-save, its shard cut at 1 MiB under its final name,
+    while DeepSpeed's `latest` and our log already named that tag; loading it failed on every
+    retry. The newest logged tag whose files are all complete archives is used instead."""
+    checkpoints = tmp_path / "checkpoints"
+    for step in (6, 7):
+        tag = checkpoints / f"step_{step:07d}"
+        tag.mkdir(parents=True)
+        for rank in (0, 1):
+            torch.save({"step": step, "rank": rank}, tag / f"zero_pp_rank_{rank}_optim_states.pt")
+    (checkpoints / "latest").write_text("step_0000007")
+    (checkpoints / "step_0000008").mkdir()  # being written: not logged yet
+    (tmp_path / CHECKPOINT_LOG).write_text("".join(
+        json.dumps({"tag": f"step_{s:07d}"}) + "\n" for s in (6, 7)))
+    assert latest_checkpoint(checkpoints) == "step_0000007"
+    shard = checkpoints / "step_0000007" / "zero_pp_rank_1_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert latest_checkpoint(checkpoints) == "step_0000006"
+    assert latest_checkpoint(tmp_path / "elsewhere" / "checkpoints") is None
+
+
 @pytest.mark.parametrize("embedder, zero_stage", [("dual", 2), ("dual", 3), ("vlm2vec", 2)])
 def test_agcl_learns_keeps_the_best_val_epoch_and_logs(ray_local, mini_catalog, tmp_path,
                                                        embedder, zero_stage):
