@@ -2,14 +2,16 @@
 its source (and back with --verbose), and Ctrl-C that reaches our handler."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from afmrl.utils.console import (Interrupted, StageClock, TrainProgress, format_seconds,
-                                 format_table, install_interrupt_handler, noise_lines)
+from afmrl.utils.console import (QUIET_ENV, Interrupted, StageClock, TrainProgress,
+                                 format_seconds, format_table, install_interrupt_handler,
+                                 noise_lines)
 
 
 def test_stage_lines_carry_elapsed_time_and_the_eta_of_the_remaining_stages():
@@ -54,8 +56,11 @@ QUIET_FAISS = ("import logging, sys; logging.basicConfig(level=logging.INFO, str
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_library_noise_is_silenced_at_its_source_and_back_with_verbose(verbose):
+    # A fresh environment: an earlier test in this process may have exported the quiet one
+    # (e.g. TORCH_LOGS), which the child would inherit even in verbose mode.
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}
     done = subprocess.run([sys.executable, "-c", QUIET_FAISS.format(verbose=verbose)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     noise = list(noise_lines(done.stderr.splitlines()))
     if verbose:
