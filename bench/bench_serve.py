@@ -113,13 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, int, LoadResult]] = [("in-process embed + search", "-", 1,
                                                      baseline)]
     clients = sorted({1, args.clients})
+    http: dict[tuple[str | None, int], LoadResult] = {}
     try:
         for batch in (1,) if args.modes else (1, args.batch):
             serving = replace(config, serve=replace(config.serve, max_batch_size=batch,
                                                     embed_replicas=args.replicas,
                                                     max_replicas=args.replicas))
-            for (mode, n), result in over_http(serving, index_dir, args.seconds, clients,
-                                               args.modes or (None,)).items():
+            http = over_http(serving, index_dir, args.seconds, clients, args.modes or (None,))
+            for (mode, n), result in http.items():
                 path = "HTTP (Ray Serve)" + (f" mode={mode}" if mode else "")
                 rows.append((path, str(batch), n, result))
     finally:
@@ -129,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(len(r.latencies_s) for *_, r in rows)} requests\n")
     print(table(rows, baseline))
     if args.modes and {"dense", "hybrid"} <= set(args.modes):
-        p50 = {(path, n): r.percentile_ms(50) for path, _, n, r in rows}
         for n in clients:
-            ratio = p50["HTTP (Ray Serve) mode=hybrid", n] / p50["HTTP (Ray Serve) mode=dense", n]
+            ratio = http["hybrid", n].percentile_ms(50) / http["dense", n].percentile_ms(50)
             print(f"hybrid / dense p50 over HTTP, {n} client(s): {ratio:.2f}x")
     return 0
 

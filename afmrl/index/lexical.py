@@ -370,8 +370,7 @@ class ShardedLexicalIndex:
         if private_copy is not None:
             private_copy = Path(private_copy)
             shutil.rmtree(private_copy, ignore_errors=True)
-            shutil.copytree(path, private_copy, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns(*LOCK_FILES))
+            shutil.copytree(path, private_copy, copy_function=_link_or_copy)
             path = private_copy
         analysis = Analysis.from_dict(manifest["analysis"])
         shards = []
@@ -390,11 +389,10 @@ def _shard_dir(shard: int) -> str:
     return f"shard-{shard:03d}"
 
 
-# Tantivy's writer/meta locks are flock()s on these files: a hard link would share the lock
-# between every copy (two Serve replicas then fail each other's commits with LockBusy).
-LOCK_FILES = (".tantivy-*.lock",)
 # Segment files tantivy writes once and never rewrites: safe to share as hard links. Anything
-# else (meta.json, .managed.json, ids.npy) is copied, so writing it never reaches the source.
+# else is copied: meta.json, .managed.json and ids.npy, so writing them never reaches the
+# source, and the .tantivy-*.lock files, whose flock() a hard link would share between every
+# copy (two Serve replicas then failed each other's commits with LockBusy).
 SEGMENT_SUFFIXES = frozenset({".fast", ".fieldnorm", ".idx", ".pos", ".store", ".term", ".del"})
 
 

@@ -198,14 +198,13 @@ def running_replicas(app: str, deployment: str) -> list[str]:
                   if f"SERVE_REPLICA::{app}#{deployment}#" in a["name"])
 
 
-def kill_replica(app: str, deployment: str) -> str:
+def kill_replica(app: str, deployment: str) -> None:
     """Kill one replica of ``deployment`` like a crash (no restart: Serve must replace it)."""
     import ray
 
     victim = next(a for a in ray.util.list_named_actors(all_namespaces=True)
                   if f"SERVE_REPLICA::{app}#{deployment}#" in a["name"])
     ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
-    return victim["name"]
 
 
 def wait_replaced(app: str, deployment: str, before: set[str], replicas: int,
