@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -200,6 +201,32 @@ def update_store_url(configured: str | None, index_dir: Path) -> str:
         f"sqlite:///{index_dir / UPDATE_DB_FILE}"
 
 
+LEXICAL_COPY_PREFIX = "afmrl-lexical-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_orphan_lexical_copies(root: Path) -> list[Path]:
+    """Remove the private lexical copies of replicas that died: Serve kills a replica's process,
+    so its temporary folder is never cleaned up, and every restart would leave one behind. A
+    copy is named after its owner's pid; one whose process is gone is removed."""
+    removed = []
+    for copy in root.glob(f"{LEXICAL_COPY_PREFIX}*-*"):
+        owner = copy.name[len(LEXICAL_COPY_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            shutil.rmtree(copy, ignore_errors=True)
+            removed.append(copy)
+    return removed
+
+
 class CatalogDiverged(ShardUnavailable):
     """Applying update records failed part-way: FAISS, lexical index and item records of this
     replica may disagree, so it answers 503 until Serve replaces it (the replacement reloads
@@ -245,7 +272,9 @@ class Catalog:
         path = self.source.index_dir / LEXICAL_DIR
         if not path.is_dir():
             return None
-        self._lexical_copy = tempfile.TemporaryDirectory(prefix="afmrl-lexical-")
+        sweep_orphan_lexical_copies(Path(tempfile.gettempdir()))
+        self._lexical_copy = tempfile.TemporaryDirectory(
+            prefix=f"{LEXICAL_COPY_PREFIX}{os.getpid()}-")
         fingerprint = items_fingerprint(saved_items["item_id"], saved_items["content_hash"]) \
             if "content_hash" in saved_items else None
         return ShardedLexicalIndex.load(path, fingerprint, num_shards,

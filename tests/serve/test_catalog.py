@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from afmrl.index.faiss_index import IndexMismatchError
 from afmrl.index.stage import SOURCE_FILE
-from afmrl.serve.catalog import (UPDATE_DB_FILE, Catalog, CatalogDiverged, IndexSource,
-                                 decode_vector, encode_vector)
+from afmrl.serve.catalog import (LEXICAL_COPY_PREFIX, UPDATE_DB_FILE, Catalog, CatalogDiverged,
+                                 IndexSource, decode_vector, encode_vector,
+                                 sweep_orphan_lexical_copies)
 
 
 def test_vectors_round_trip_exactly():
     vector = np.random.default_rng(0).standard_normal(37).astype(np.float32)
     np.testing.assert_array_equal(decode_vector(encode_vector(vector)), vector)
+
+
+def test_a_dead_replicas_lexical_copy_is_swept_and_a_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    orphan = tmp_path / f"{LEXICAL_COPY_PREFIX}{dead}-x1"
+    live = tmp_path / f"{LEXICAL_COPY_PREFIX}{os.getpid()}-x2"
+    unrelated = tmp_path / "afmrl-other-1-x3"
+    for folder in (orphan, live, unrelated):
+        (folder / "lexical").mkdir(parents=True)
+    assert sweep_orphan_lexical_copies(tmp_path) == [orphan]
+    assert not orphan.exists() and live.is_dir() and unrelated.is_dir()
 
 
 @pytest.fixture
