@@ -1,8 +1,12 @@
 """The main job end to end on the mini subset (items_mini_packages.csv), as a user runs it: the
 driver is killed once in the middle of the train stage and the rerun resumes to the same
 artefacts; every stage's artefacts exist and load; the results table holds a number for every
-model; the endpoint answers a real query; the MLflow run tree is complete (a child run per stage
-and per AGCL variant); and a rerun of the finished pipeline reruns no finished stage."""
+model; the endpoint answers a real query; Ctrl-C while serving stops the job and its own Ray
+cluster within 30 s; the console shows stage lines with elapsed time and ETA, training progress
+and no library noise; the MLflow run tree is complete (a child run per stage and per AGCL
+variant); and a rerun of the finished pipeline reruns no finished stage.
+
+One test, because every part needs the same multi-minute pipeline run."""
 import json
 import math
 import os
@@ -19,6 +23,7 @@ import requests
 from afmrl.config import REPO_ROOT, load_config
 from afmrl.layout import RunLayout
 from afmrl.tracking import run_tree
+from afmrl.utils.console import NOISE_MARKERS, QUIET_ENV, noise_lines
 
 MODELS = ("zero_shot", "infonce", "agcl", "agcl_rar_attributes", "cit")
 
@@ -31,42 +36,61 @@ def free_port() -> int:
 
 def pipeline(overrides, wait: bool = False) -> subprocess.Popen:
     """The job in its own process group (it owns its local Ray cluster and Serve app); with
-    ``wait`` it keeps serving until Ctrl-C, else it exits after the serve stage's smoke query."""
+    ``wait`` it keeps serving until Ctrl-C, else it exits after the serve stage's smoke query.
+    Its environment lacks the quiet variables an earlier test may have exported, so the console
+    it prints is the one a user's shell gets."""
     command = [sys.executable, "-m", "afmrl.cli", "pipeline", "--config",
                str(REPO_ROOT / "configs" / "mini.yaml"), *([] if wait else ["--no-wait"]),
                *overrides]
-    return subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, text=True,
+    env = {key: value for key, value in os.environ.items()
+           if key not in QUIET_ENV and key != "RAY_ADDRESS"}
+    env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    return subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, text=True, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def query_while_serving(process: subprocess.Popen, port: int, timeout: float = 1800
-                        ) -> tuple[str, requests.Response]:
-    """Wait until the job serves, POST a query to its endpoint, then Ctrl-C it (the endpoint
-    lives only as long as the job that owns the Ray cluster). Returns its output and the answer."""
-    lines: list[str] = []
-    serving = threading.Event()
-
+def collect(process: subprocess.Popen, lines: list[str],
+            serving: threading.Event | None = None) -> threading.Thread:
+    """Read the job's output as it comes (an unread pipe would block the job once full)."""
     def read() -> None:
         for line in process.stdout:
-            lines.append(line)
-            if "serving; Ctrl-C to stop" in line:
+            lines.append(line.rstrip("\n"))
+            if serving is not None and "serving; Ctrl-C to stop" in line:
                 serving.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return reader
+
+
+def query_while_serving(process: subprocess.Popen, port: int, timeout: float = 1800
+                        ) -> tuple[list[str], requests.Response, float]:
+    """Wait until the job serves, POST a query to its endpoint, then Ctrl-C it (the endpoint
+    lives only as long as the job that owns the Ray cluster). Returns its output lines, the
+    answer and the seconds Ctrl-C took to stop the job."""
+    lines: list[str] = []
+    serving = threading.Event()
+    reader = collect(process, lines, serving)
     deadline = time.monotonic() + timeout
     while not serving.wait(5) and process.poll() is None and time.monotonic() < deadline:
         pass
     try:
-        assert serving.is_set(), "the pipeline never reached serving:\n" + "".join(lines[-60:])
+        assert serving.is_set(), "the pipeline never reached serving:\n" + "\n".join(lines[-60:])
         answer = requests.post(f"http://127.0.0.1:{port}/search",
                                json={"text": "orange juice", "k": 3}, timeout=60)
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
-        reader.join(timeout=10)
-    assert process.returncode == 130, "".join(lines[-60:])
-    return "".join(lines), answer
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground job
+        try:
+            process.wait(timeout=60)
+        finally:
+            stopped_in = time.monotonic() - interrupted
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            reader.join(timeout=10)
+    assert process.returncode == 130, "\n".join(lines[-60:])
+    return lines, answer, stopped_in
 
 
 def finish(process: subprocess.Popen, timeout: float = 1800) -> str:
@@ -94,6 +118,8 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     # default batch trains one step per epoch: the whole stage finished before they died. Small
     # batches and a checkpoint per step leave ~20 steps after the first checkpoint.
     first = pipeline(overrides)
+    first_lines: list[str] = []
+    first_reader = collect(first, first_lines)
     checkpoint = layout.train("infonce") / "checkpoints" / "latest"
     deadline = time.time() + 1500
     while not checkpoint.is_file() and first.poll() is None and time.time() < deadline:
@@ -101,13 +127,15 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     assert checkpoint.is_file(), "the train stage never checkpointed: nothing was interrupted"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
+    first_reader.join(timeout=10)
     before = stage_records(layout)
     assert set(before) == {"extract"}, before  # killed mid-train
     attributes = (layout.attributes("sft") / "summary.json").read_text()
 
     # 2. The rerun resumes (extract is not rerun, training continues from its checkpoint) and
     # serves until Ctrl-C; the endpoint answers a real query with the documented schema.
-    out, response = query_while_serving(pipeline(overrides, wait=True), port)
+    lines, response, stopped_in = query_while_serving(pipeline(overrides, wait=True), port)
+    out = "\n".join(lines)
     records = stage_records(layout)
     assert records["extract"] == before["extract"]
     assert (layout.attributes("sft") / "summary.json").read_text() == attributes
@@ -146,6 +174,26 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     body = response.json()
     assert len(body["hits"]) == 3 and body["query_text"]
     assert {"item_id", "score", "title", "attributes"} <= set(body["hits"][0])
+
+    # Ctrl-C while serving stopped the search app and the job's own Ray cluster in time.
+    assert stopped_in < 30, stopped_in
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert "interrupted" in out and "rerun the same command to resume" in out
+
+    # A readable console: a start and an end line per stage with elapsed time (extract in the
+    # killed run, the rest in the resumed one) and the ETA of the rest, training progress lines,
+    # the results table; no line from the known noise sources in either run.
+    first_out = "\n".join(first_lines)
+    assert "[1/6] extract started" in first_out and "[1/6] extract finished in" in first_out
+    for number, stage in enumerate(["train", "rar", "cit", "index", "serve"], 2):
+        assert f"[{number}/6] {stage} started" in out, out[-3000:]
+        assert f"[{number}/6] {stage} finished in" in out, out[-3000:]
+    assert "ETA" in out and "for the remaining stages" in out
+    assert [line for line in lines if "AGCL agcl: epoch" in line and "samples/s" in line]
+    assert "| agcl |" in out
+    noise = list(noise_lines(first_lines + lines))
+    assert not noise, f"library noise on the console ({NOISE_MARKERS}):\n" + "\n".join(noise)
 
     # The MLflow run tree: one parent, a child per stage, a grandchild per AGCL variant (the
     # killed driver's runs stay RUNNING; the finished ones are the resumed run's).
