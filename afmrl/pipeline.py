@@ -193,7 +193,7 @@ class Pipeline:
         except ValueError as error:  # e.g. a catalog without test rows
             table.notes.append(f"no test evaluation: {error}")
             return table
-        table.add_baselines(first, untrained_embedder(self.config))
+        table.add_baselines(first, untrained_embedder(self.config, first))
         for tag, name, eval_set in (("infonce", "infonce", first), ("agcl", "agcl", first),
                                     ("agcl", "agcl_rar_attributes", relabelled if has["rar"]
                                      else None), ("cit", "cit", relabelled)):

@@ -50,10 +50,12 @@ def labelled_eval_set(config: AfmrlConfig, catalog: pd.DataFrame, split: str,
                           with_attributes=tag is not None and config.train.query_attributes)
 
 
-def untrained_embedder(config: AfmrlConfig):
-    from afmrl.models.embedders import build_embedder
+def untrained_embedder(config: AfmrlConfig, eval_set: EvalSet):
+    """The zero-shot baseline, with an image tower only where ``eval_set`` has images."""
+    from afmrl.models.embedders import build_embedder, has_images
 
-    return build_embedder(config.models, RunLayout.of(config).models, config.train.image_size)
+    return build_embedder(config.models, RunLayout.of(config).models, config.train.image_size,
+                          has_images(eval_set.queries) or has_images(eval_set.gallery))
 
 
 def system_name(embedder: Path) -> str:
@@ -75,7 +77,7 @@ def evaluate_catalog(config: AfmrlConfig, split: str, embedder: Path | None, bas
     table = EvalTable(split, tuple(config.eval.ks))
     if tag is None:
         table.notes.append("no generated attributes: items and queries as the catalog has them")
-    models = {ZERO_SHOT: untrained_embedder(config)} if baselines else {}
+    models = {ZERO_SHOT: untrained_embedder(config, eval_set)} if baselines else {}
     if baselines:
         table.add_baselines(eval_set, models[ZERO_SHOT])
     if embedder is not None:

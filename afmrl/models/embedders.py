@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -63,26 +63,40 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def has_images(inputs: Iterable[EmbedInput]) -> bool:
+    return any(x.image is not None for x in inputs)
+
+
 class DualEncoder(nn.Module):
+    """Image tower + text tower, each with a linear head into one space. ``vision`` is None for
+    a text-only catalog: no image tower is built, trained or saved."""
     kind = "dual"
 
-    def __init__(self, vision: nn.Module, text: nn.Module, tokenizer: Any, embed_dim: int,
-                 image_size: int):
+    def __init__(self, vision: nn.Module | None, text: nn.Module, tokenizer: Any,
+                 embed_dim: int, image_size: int | None):
         super().__init__()
         self.vision = vision
         self.text = text
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.embed_dim = embed_dim
-        self.image_head = nn.Linear(vision.config.hidden_size, embed_dim, bias=False)
+        self.image_head = None if vision is None else \
+            nn.Linear(vision.config.hidden_size, embed_dim, bias=False)
         self.text_head = nn.Linear(text.config.hidden_size, embed_dim, bias=False)
 
     def collate(self, inputs: Sequence[EmbedInput]) -> dict[str, torch.Tensor]:
-        images = [_as_image(x.image, self.image_size * 4) for x in inputs]
-        image_mask = torch.tensor([img is not None for img in images])
+        if self.vision is None:
+            if has_images(inputs):
+                raise ValueError("this embedder has no image tower (it was trained on a "
+                                 "text-only catalog): search it with text, or train on a "
+                                 "catalog with images")
+            images: list[Image.Image | None] = [None] * len(inputs)
+        else:
+            images = [_as_image(x.image, self.image_size * 4) for x in inputs]
+        image_mask = torch.tensor([img is not None for img in images], dtype=torch.bool)
         present = [img for img in images if img is not None]
         pixels = _pixels(present, self.image_size) if present else \
-            torch.zeros(0, 3, self.image_size, self.image_size)
+            torch.zeros(0, 3, self.image_size or 1, self.image_size or 1)
         texts = [x.text for x in inputs]
         text_mask = torch.tensor([bool(t.strip()) for t in texts])
         tokens = self.tokenizer([t if t.strip() else "." for t in texts], padding=True,
@@ -96,7 +110,7 @@ class DualEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor, image_mask: torch.Tensor,
                 input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 text_mask: torch.Tensor) -> torch.Tensor:
-        dtype = self.image_head.weight.dtype
+        dtype = self.text_head.weight.dtype
         out = torch.zeros(len(input_ids), self.embed_dim, device=input_ids.device, dtype=dtype)
         if image_mask.any():
             pooled = self.vision(pixel_values=pixel_values.to(dtype)).pooler_output
@@ -111,7 +125,8 @@ class DualEncoder(nn.Module):
         return F.normalize(out, dim=-1)
 
     def save_towers(self, path: Path) -> dict[str, Any]:
-        self.vision.save_pretrained(path / "vision")
+        if self.vision is not None:
+            self.vision.save_pretrained(path / "vision")
         self.text.save_pretrained(path / "text")
         self.tokenizer.save_pretrained(path / "text")
         return {"image_size": self.image_size}
@@ -183,8 +198,11 @@ def resolve_model_path(name: str, cache_dir: Path, seed: int, extra_texts=()) ->
     return Path(name)
 
 
-def build_embedder(config: ModelsConfig, cache_dir: str | Path, image_size: int = 96):
-    """A fresh (untrained) embedder of the configured kind; towers come from disk only."""
+def build_embedder(config: ModelsConfig, cache_dir: str | Path, image_size: int = 96,
+                   with_images: bool = True):
+    """A fresh (untrained) embedder of the configured kind; towers come from disk only.
+    ``with_images=False`` (a text-only catalog) builds the dual embedder without its image
+    tower; the vlm2vec backbone is one model and keeps its vision part."""
     cache_dir = Path(cache_dir)
     torch.manual_seed(config.seed)
     if config.embedder == "dual":
@@ -193,10 +211,11 @@ def build_embedder(config: ModelsConfig, cache_dir: str | Path, image_size: int 
         from afmrl.models.tiny import build_tiny_vision_tower
 
         vision = CLIPVisionModel.from_pretrained(
-            str(build_tiny_vision_tower(cache_dir / "tiny-vision", config.seed, image_size)))
+            str(build_tiny_vision_tower(cache_dir / "tiny-vision", config.seed, image_size))) \
+            if with_images else None
         text, tokenizer = _text_tower(config.text_tower, cache_dir, config.seed)
         return DualEncoder(vision, text, tokenizer, config.embed_dim,
-                           vision.config.image_size)
+                           vision.config.image_size if vision is not None else None)
     from transformers import AutoModelForImageTextToText
 
     from afmrl.models.processor import Prompter
@@ -232,6 +251,14 @@ def save_embedder(model: nn.Module, path: str | Path, extra: dict[str, Any] | No
     return path
 
 
+def takes_images(path: str | Path) -> bool:
+    """Whether the exported embedder at ``path`` can embed images (a dual embedder trained on a
+    text-only catalog has no image tower); read from its files, without loading it."""
+    path = Path(path)
+    kind = json.loads((path / EMBEDDER_FILE).read_text())["kind"]
+    return kind != "dual" or (path / "vision").is_dir()
+
+
 def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load an exported embedder (no pickle: safetensors + save_pretrained only) onto
     ``device`` (what ``afmrl.utils.device.torch_device`` decided for the calling process)."""
@@ -246,8 +273,9 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     if meta["kind"] == "dual":
         from transformers import AutoModel, AutoTokenizer, CLIPVisionModel
 
+        vision = path / "vision"
         model: nn.Module = DualEncoder(
-            CLIPVisionModel.from_pretrained(str(path / "vision")),
+            CLIPVisionModel.from_pretrained(str(vision)) if vision.is_dir() else None,
             AutoModel.from_pretrained(str(path / "text")),
             AutoTokenizer.from_pretrained(str(path / "text")), meta["embed_dim"],
             meta["image_size"])

@@ -7,6 +7,7 @@ Ray Serve deployment handles and is the base class of the ``SearchIngress`` depl
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ from ray.exceptions import RayActorError
 from afmrl.config import AfmrlConfig
 from afmrl.data.images import decode_image
 from afmrl.index.lexical import LexicalIndexMissing, attribute_prose
-from afmrl.models.embedders import EmbedInput
+from afmrl.models.embedders import EmbedInput, takes_images
 from afmrl.serve.catalog import IndexSource
 from afmrl.serve.enrich import enriched_text
 from afmrl.serve.schemas import (EmbedRequest, EmbedResponse, Health, Hit, IndexInfo, Item,
@@ -47,6 +48,15 @@ class SearchService:
         self.config = config
         self.keys = config.extract.attribute_keys
         self.timeout_s = config.ray.call_timeout_s
+
+    @functools.cached_property
+    def embeds_images(self) -> bool:
+        return takes_images(self.source.embedder)
+
+    def _check_image(self, image: Image.Image | None) -> None:
+        if image is not None and not self.embeds_images:
+            raise ApiError(400, "this index's embedder has no image tower (it was trained on a "
+                                "text-only catalog): send text only")
 
     async def _call(self, method: Any, *args: Any, retry: bool = True) -> Any:
         """One deployment call within the deadline.
@@ -96,6 +106,7 @@ class SearchService:
         text = query.text.strip()
         if not text and image is None:
             raise ApiError(422, "empty query: send text, an image, or both")
+        self._check_image(image)
         mode = query.mode or self.config.retrieval.mode
         if mode == "lexical" and not text:
             raise ApiError(422, "mode=lexical needs query text (a photo alone can only be "
@@ -126,6 +137,7 @@ class SearchService:
         image = self.image_from_path(request.image_path) if request.image_path else None
         if not request.text.strip() and image is None:
             raise ApiError(422, "nothing to embed: send text, an image_path, or both")
+        self._check_image(image)
         vector = await self._call(self.embedder.embed, EmbedInput(request.text.strip(), image))
         return EmbedResponse(embedding=vector.tolist(), dim=len(vector),
                              model_hash=self.source.model_hash)
@@ -137,6 +149,7 @@ class SearchService:
         attributes = check_attributes(attributes, self.keys)
         if not fields.title.strip() and image is None:
             raise ApiError(422, "an item needs a title or an image")
+        self._check_image(image)
         image_uri = ""
         if image is not None:
             jpeg = io.BytesIO()

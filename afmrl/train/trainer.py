@@ -350,10 +350,14 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     preflight([workers], f"AGCL training ({train.num_workers} workers)")
     check_workers(workers, config.ray.call_timeout_s)
     if init_from is None:  # built once here: every rank starts from the same weights on disk
-        from afmrl.models.embedders import build_embedder, save_embedder
+        from afmrl.models.embedders import build_embedder, has_images, save_embedder
 
+        with_images = has_images(pairs.queries) or has_images(pairs.candidates)
+        if not with_images and config.models.embedder == "dual":
+            print(f"AGCL {tag}: no training pair has an image (a text-only catalog), so the "
+                  f"dual embedder is built without its image tower")
         init_from = save_embedder(build_embedder(config.models, RunLayout.of(config).models,
-                                                 train.image_size), out_dir / "init")
+                                                 train.image_size, with_images), out_dir / "init")
     import mlflow
 
     active = mlflow.active_run()

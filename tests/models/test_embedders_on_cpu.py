@@ -6,7 +6,7 @@ from PIL import Image
 
 from afmrl.config import load_config
 from afmrl.models.embedders import (EmbedInput, build_embedder, embed, item_text, load_embedder,
-                                    save_embedder)
+                                    save_embedder, takes_images)
 
 RED = Image.new("RGB", (120, 90), (220, 20, 20))
 BLUE = Image.new("RGB", (64, 64), (10, 10, 220))
@@ -33,6 +33,30 @@ def test_the_image_changes_the_embedding(model_cache):
     model = build_embedder(load_config(None, ["models.text_tower=tiny"]).models, model_cache)
     red, blue = embed(model, [EmbedInput("milk", RED), EmbedInput("milk", BLUE)])
     assert not np.allclose(red, blue, atol=1e-4)
+
+
+def test_a_text_only_dual_embedder_has_no_image_tower(model_cache, tmp_path):
+    """A text-only catalog: no image tower is built, trained or saved, and an image is refused
+    with a reason instead of being embedded by a tower nobody trained."""
+    config = load_config(None, ["models.text_tower=tiny"]).models
+    text_only = build_embedder(config, model_cache, with_images=False)
+    full = build_embedder(config, model_cache)
+    assert text_only.vision is None and text_only.image_head is None
+    assert sum(p.numel() for p in text_only.parameters()) < \
+        sum(p.numel() for p in full.parameters())
+    assert not any(name.startswith(("vision.", "image_head.")) for name, _ in
+                   text_only.named_parameters())
+    inputs = [EmbedInput("arla milk"), EmbedInput("bravo apple juice")]
+    before = embed(text_only, inputs)
+    export = save_embedder(text_only, tmp_path / "export")
+    assert not (export / "vision").exists()
+    assert not takes_images(export)
+    assert takes_images(save_embedder(full, tmp_path / "full"))
+    reloaded = load_embedder(export)
+    assert reloaded.vision is None
+    assert np.allclose(before, embed(reloaded, inputs), atol=1e-5)
+    with pytest.raises(ValueError, match="no image tower"):
+        embed(reloaded, [EmbedInput("milk", RED)])
 
 
 def test_empty_input_is_rejected(model_cache):

@@ -235,3 +235,29 @@ def test_bearer_token_guards_every_data_route():
                              headers={"Authorization": "Bearer s3cret"})
     assert authorised.status_code == 422  # past auth, stopped by validation
     assert client.get("/").status_code == 200
+
+
+def test_a_text_only_index_refuses_photos_with_a_reason(model_cache, tmp_path):
+    """The embedder of a text-only catalog has no image tower: a photo query is a 400 that
+    says so, before any backend is called (no Ray needed), and text still gets past it."""
+    import io
+
+    from PIL import Image
+
+    from afmrl.models.embedders import build_embedder, save_embedder
+
+    config = load_config(None, ["models.text_tower=tiny"])
+    embedder = save_embedder(build_embedder(config.models, model_cache, with_images=False),
+                             tmp_path / "embedder")
+    service = SearchService(None, None, None, IndexSource(tmp_path, embedder, "hash", 8), config)
+    client = TestClient(create_api(service, Path(__file__)), raise_server_exceptions=False)
+    photo = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(photo, "JPEG")
+    for response in (client.post("/search/image", files={"image": ("a.jpg", photo.getvalue())}),
+                     client.put("/items/new", files={"image": ("a.jpg", photo.getvalue())},
+                                 data={"title": "red"})):
+        assert response.status_code == 400, response.text
+        assert "no image tower" in response.json()["error"]
+    # Text passes the check and reaches the (absent) backend: a 500, not the image refusal.
+    text = client.post("/search", json={"text": "milk"})
+    assert "no image tower" not in text.text

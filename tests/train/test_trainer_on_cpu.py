@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from afmrl.config import load_config
-from afmrl.models.embedders import load_embedder
+from afmrl.models.embedders import load_embedder, takes_images
 from afmrl.tracking import Tracker
 from afmrl.train.data import training_pairs
 from afmrl.train.sampler import ProductBatchSampler
@@ -120,6 +120,26 @@ def test_agcl_learns_keeps_the_best_val_epoch_and_logs(ray_local, mini_catalog, 
     # A second call finds the export and does not retrain, and still knows its metrics.
     again = run_agcl(config, None, "agcl", None, catalog)
     assert again.seconds == 0.0 and again.metrics == result.metrics
+
+
+def test_a_text_only_catalog_trains_without_an_image_tower(ray_local, tmp_path, capsys):
+    import pandas as pd
+
+    rows = []
+    for product, name in enumerate(["arla milk red carton 1l", "arla milk blue carton 1l",
+                                    "oatly oat drink 1l", "bravo apple juice 1l"]):
+        rows.append((f"c{product}", product, name, "catalog"))
+        rows += [(f"t{product}_{n}", product, f"{name} offer {n}", "train") for n in range(3)]
+    catalog = tmp_path / "catalog.parquet"
+    pd.DataFrame(rows, columns=["item_id", "group_id", "title", "split"]).to_parquet(catalog)
+    config = load_config(None, [
+        f"run_dir={tmp_path}", f"data.catalog={catalog}", "models.text_tower=tiny",
+        "train.per_device_batch_size=4", "train.pair_splits=[train]", "train.epochs=1",
+        "train.zero_stage=0", "train.cpus_per_worker=1"])
+    result = run_agcl(config, None, "agcl", None)
+    assert "dual embedder is built without its image tower" in capsys.readouterr().out
+    assert not takes_images(result.embedder) and not (result.embedder / "vision").exists()
+    assert load_embedder(result.embedder).vision is None
 
 
 @pytest.mark.parametrize("zero", ["train.zero_stage=0", "train.zero_stage=1",
