@@ -16,6 +16,7 @@ from PIL import Image
 from afmrl.config import ExtractConfig
 from afmrl.extract.schema import json_schema
 from afmrl.models.processor import Prompter
+from afmrl.utils.console import is_verbose
 
 Request = tuple[str, Image.Image | None]  # (user text, image)
 
@@ -50,7 +51,8 @@ class VllmEngine:
             limit_mm_per_prompt={"image": 1},
             # Without disable_any_whitespace a weak model under a grammar emits whitespace
             # until max_tokens (stack.md).
-            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+            use_tqdm_on_load=is_verbose())  # a sub-second bar per engine start otherwise
         self.params = SamplingParams(
             max_tokens=config.max_tokens, temperature=config.temperature, seed=seed,
             structured_outputs=StructuredOutputsParams(json=json_schema(config.attribute_keys)))

@@ -49,14 +49,19 @@ QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "RAY_BACKEND_LOG_LEVEL": "fatal",  # C++ core-worker lines (e.g. the PreemptionWatcher one)
     "TORCH_CPP_LOG_LEVEL": "ERROR",    # C++ warnings such as "NUMA binding: Using MEMBIND"
     # torch resets its loggers' levels when it is imported (after a worker's setup hook ran), so
     # "Triton not available" in every vLLM actor is only silenced through torch's own setting.
     "TORCH_LOGS": "-torch",
 }
-# Only in Ray workers: their output reaches the console line by line, so a bar redraws rarely.
-WORKER_ENV = {"TQDM_MININTERVAL": "15"}
+# Only in Ray workers. Their output reaches the console line by line, so a bar redraws rarely.
+# RAY_BACKEND_LOG_LEVEL silences C++ core-worker lines (e.g. the PreemptionWatcher error of Ray
+# Train's controller); a process that reads it announces so in one INFO line, so the driver and
+# the raylet it starts (which inherit its environment) go without it, and the workers' lines are
+# dropped from the stream (``drop_streamed_noise``).
+WORKER_ENV = {"TQDM_MININTERVAL": "15", "RAY_BACKEND_LOG_LEVEL": "fatal"}
+# Lines Ray streams from its processes that no setting turns off.
+STREAM_NOISE = ("Set ray log level from environment variable",)
 
 # Known warnings, filtered by message (regular expressions matched at the message start).
 QUIET_WARNINGS = (
@@ -73,7 +78,8 @@ NOISE_MARKERS = (
     "PreemptionWatcher", "DeprecationWarning", "FutureWarning", "[WARNING] [real_accelerator",
     "Setting ds_accelerator", "[INFO] [", "Gracefully aborting", "Started a local Ray instance",
     "mlflow.store.db.utils", "Requesting resources:", "Setting up process group",
-    "Triton not available", "NUMA binding", "core_worker.cc",
+    "Triton not available", "NUMA binding", "core_worker.cc", *STREAM_NOISE,
+    "Loading safetensors checkpoint shards",
 )
 
 
@@ -140,6 +146,36 @@ def ray_runtime_env() -> dict[str, Any]:
         return {}
     return {"worker_process_setup_hook": "afmrl.utils.console.worker_setup_hook",
             "env_vars": {VERBOSE_ENV: "0", **QUIET_ENV, **WORKER_ENV}}
+
+
+def drop_streamed_noise() -> None:
+    """Drop ``STREAM_NOISE`` lines from the worker output Ray streams to this driver's console
+    (no-op when verbose). Ray has no public hook for that stream, so this wraps its printing
+    handler; if Ray's internals move, nothing is dropped and nothing breaks."""
+    if is_verbose():
+        return
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    with dispatcher._lock:
+        dispatcher.handlers = [
+            (name, _dropping_noise(handler) if name == "ray_print_logs" else handler)
+            for name, handler in dispatcher.handlers]
+
+
+def _dropping_noise(handler: Any) -> Any:
+    if getattr(handler, "drops_noise", False):
+        return handler
+
+    def emit(batch: dict[str, Any]) -> None:
+        lines = [line for line in batch.get("lines", [])
+                 if not any(marker in line for marker in STREAM_NOISE)]
+        if lines:
+            handler({**batch, "lines": lines})
+
+    emit.drops_noise = True  # type: ignore[attr-defined]
+    return emit
 
 
 def ray_train_logging():

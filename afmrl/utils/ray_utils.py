@@ -29,7 +29,8 @@ def init_ray(config: RayConfig) -> dict[str, float]:
     """Join ``config.address`` / $RAY_ADDRESS, or start a local cluster; return its resources."""
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        from afmrl.utils.console import is_verbose, quiet_libraries, ray_runtime_env
+        from afmrl.utils.console import (drop_streamed_noise, is_verbose, quiet_libraries,
+                                         ray_runtime_env)
 
         quiet_libraries()  # before Ray logs its start-up lines
         # ray.init sets the "ray" logger to its logging_level (INFO by default) as it starts.
@@ -44,6 +45,7 @@ def init_ray(config: RayConfig) -> dict[str, float]:
             ray.init(num_cpus=num_cpus, include_dashboard=config.dashboard,
                      dashboard_host="127.0.0.1", **kwargs)
         quiet_libraries()  # Ray configures its loggers when it starts: quiet them again
+        drop_streamed_noise()
     return dict(ray.cluster_resources())
 
 
