@@ -116,3 +116,10 @@ def test_rays_announcement_of_the_worker_log_level_is_dropped_from_the_stream(ra
     printed = "".join(capsys.readouterr())
     assert "a worker's own line" in printed
     assert "Set ray log level" not in printed
+
+
+def test_only_streamed_log_level_announcements_count_as_noise():
+    announcement = ("[2026-11-30 20:17:03,317 I 1 1] logging.cc:303: Set ray log level from "
+                    "environment variable RAY_BACKEND_LOG_LEVEL to 3")
+    streamed = [f"\x1b[33m(raylet)\x1b[0m {announcement}", f"(TrainController pid=7) {announcement}"]
+    assert list(noise_lines([announcement, *streamed, "loss 0.1"])) == streamed
