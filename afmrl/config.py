@@ -306,7 +306,9 @@ class RetrievalConfig:
         "use hybrid for text catalogs (README, Hybrid retrieval).", "dense")
     fusion: Literal["rrf", "convex"] = doc(
         "Hybrid fusion: weighted reciprocal rank fusion, or a convex combination of min-max "
-        "normalised scores.", "rrf")
+        "normalised scores. The fusion defaults apply where a catalog has no val split to "
+        "tune on; they were chosen by bench/fusion_defaults.py (least worst-case regret over "
+        "the bundled catalogs' text queries, README Hybrid retrieval).", "convex")
     rrf_k: float = doc("RRF constant: score = sum_source weight / (rrf_k + rank).", 60.0)
     dense_weight: float = doc("RRF weight of the dense ranking.", 1.0)
     lexical_weight: float = doc("RRF weight of the lexical ranking.", 1.0)

@@ -115,6 +115,8 @@ def min_max(scores: np.ndarray, ids: np.ndarray, larger_is_better: bool = True) 
     """Per-query scores mapped to [0, 1] (best 1) over the returned items; padding gets 0 and
     a query whose items all score the same gets 1 for each of them."""
     scores = np.where(ids == _padding(ids), np.nan, scores if larger_is_better else -scores)
+    if scores.shape[1] == 0:  # a source with nothing to return (e.g. a filter matched nothing)
+        return scores
     with np.errstate(invalid="ignore"):
         low, high = np.nanmin(scores, axis=1, keepdims=True), np.nanmax(scores, axis=1,
                                                                        keepdims=True)

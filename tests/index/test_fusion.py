@@ -69,6 +69,17 @@ def test_convex_combines_min_max_normalised_scores():
     np.testing.assert_allclose(scores[0], [expected[i] for i in order], atol=1e-6)
 
 
+def test_convex_with_a_source_that_returned_nothing_keeps_the_other_ranking():
+    # A filter that no lexical item matches leaves a (1, 0) ranking, not a padded one.
+    dense = ranking([[(1, 0.9), (2, 0.5)]])
+    empty = (np.zeros((1, 0)), np.zeros((1, 0), dtype=np.int64))
+    for lexical in (empty, dense):
+        _, ids = convex(dense, empty if lexical is dense else lexical, alpha=0.5, k=3)
+        assert ids[0].tolist() == [1, 2, -1]
+    _, ids = convex(empty, dense, alpha=0.5, k=2)
+    assert ids[0].tolist() == [1, 2]
+
+
 def test_min_max_respects_l2_direction_and_padding():
     scores = np.array([[0.1, 0.3, np.inf]])
     ids = np.array([[4, 5, -1]])
