@@ -75,7 +75,8 @@ class DataConfig:
         "'items_mini_packages.csv' (186 rows, 31 packaged products; CI-sized).", "items.csv")
     image_size: int = doc("Longest image side after validation/resizing, in pixels.", 224)
     max_items: int | None = doc(
-        "Keep a seeded random sample of at most this many rows per split (short runs).", None)
+        "Keep a seeded random sample of at most this many rows per split and query kind "
+        "(rows with / without an image) (short runs).", None)
     max_groups: int | None = doc(
         "Keep a seeded sample of this many whole products (group_id), every row of each: a "
         "smaller catalog with the same splits and protocol (short runs, bounded benchmarks).",

@@ -166,7 +166,8 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     for name in MODELS:
         assert math.isfinite(rows[name]["recall_at_1"]), name
         assert math.isfinite(rows[name]["within_group/recall_at_1"]), name
-        assert rows[name]["num_queries"] == 155  # the 155 test photos of the mini subset
+        assert math.isfinite(rows[name]["text_queries/recall_at_1"]), name
+        assert rows[name]["num_queries"] == 155 + 31  # the mini subset's test photos + shop titles
     assert "| cit |" in out and "endpoint:" in out
 
     # The served endpoint answered a real query with the documented schema.

@@ -58,6 +58,11 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
 
     Query rows (natural phone photos) are photo-only: a shopper's photo has no title, so their
     title and text are empty and only the catalog item of their product carries words.
+
+    Text queries: each catalog item's own shop listing title (``shop_title``, e.g. "Apple Granny
+    Smith Class 1", "Filmjölk 3%") is a text-only query row ``shop/<item_id>`` of its product,
+    held out like the photos: products are split between ``val`` and ``test`` (seeded, whole
+    products) where the file has both, else all go to the photos' one held-out split.
     """
     root = Path(root) / "grocery_store"
     items = root / items_file
@@ -78,7 +83,21 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
         "coarse_group": raw["coarse_group"],
         "coarse_group_id": raw["coarse_group_id"],
     })
+    frame = pd.concat([frame, shop_title_queries(frame, raw["shop_title"].astype(str))],
+                      ignore_index=True)
     return validate_catalog(frame, str(items), check_images=check_images)
+
+
+def shop_title_queries(frame: pd.DataFrame, shop_titles: pd.Series, seed: int = 0
+                       ) -> pd.DataFrame:
+    """Text-only query rows from the catalog items' shop titles (see ``grocery_catalog``)."""
+    held_out = [s for s in ("val", "test") if s in set(frame["split"])]
+    items = frame[(frame["split"] == "catalog") & (shop_titles.str.strip() != "")]
+    if not held_out or items.empty:
+        return frame.iloc[:0]
+    split = cluster_split(items["group_id"], {s: 1 / len(held_out) for s in held_out}, seed)
+    return items.assign(item_id="shop/" + items["item_id"], text="", image_uri="", split=split,
+                        title=shop_titles[items.index].str.strip())
 
 
 PRICERUNNER_SPLIT = {"train": 0.70, "val": 0.15, "test": 0.15}
@@ -129,7 +148,11 @@ def load_catalog(config: DataConfig) -> pd.DataFrame:
         chosen = np.random.default_rng(config.split_seed).choice(
             groups, min(config.max_groups, len(groups)), replace=False)
         frame = frame[frame["group_id"].isin(chosen)]
-    if config.max_items:  # a seeded random sample per split (files are ordered by product)
-        sampled = frame.sample(frac=1.0, random_state=0).groupby("split").head(config.max_items)
+    if config.max_items:  # a seeded random sample per split and query kind (photo / text), so
+        # a split's few text queries are not drawn away by its many photos (files are ordered
+        # by product)
+        shuffled = frame.sample(frac=1.0, random_state=0)
+        sampled = shuffled.groupby([shuffled["split"], shuffled["image_uri"] != ""]).head(
+            config.max_items)
         frame = frame.loc[sorted(sampled.index)]
     return frame.reset_index(drop=True)

@@ -28,6 +28,8 @@ from afmrl.train.data import catalog_inputs, query_inputs, usable
 # (indices [n_queries, depth] gallery positions, -1 padded; scores float32, -inf padded)
 Ranking = tuple[np.ndarray, np.ndarray]
 WITHIN_GROUP_R1 = "within_group/recall_at_1"
+PHOTO_QUERIES_R1 = "photo_queries/recall_at_1"  # reported where a split has both query kinds
+TEXT_QUERIES_R1 = "text_queries/recall_at_1"
 # Rankings are searched this deep (at least max(ks)): the within-group metric reads the first
 # in-group item of the ranking, exact whenever it lies within this depth.
 DEFAULT_DEPTH = 100
@@ -59,6 +61,11 @@ class EvalSet:
     def gallery_lexical_texts(self) -> list[str]:
         """What lexical systems index: title + text + attributes."""
         return [_join(t, a) for t, a in zip(self.gallery_texts, self.gallery_attribute_texts)]
+
+    @property
+    def photo_queries(self) -> np.ndarray:
+        """Which queries carry a photo (the rest are text-only)."""
+        return np.array([q.image is not None for q in self.queries], dtype=bool)
 
     @property
     def has_text(self) -> bool:
@@ -292,12 +299,18 @@ def _per_query(eval_set: EvalSet, ranking: Ranking, ks: Sequence[int]
 
 
 def score_ranking(eval_set: EvalSet, ranking: Ranking, ks: Sequence[int]) -> dict[str, float]:
-    """``recall_at_K``, ``map_at_K`` (K in ks), ``mrr``, ``num_queries`` and, where coarse groups
-    with >= 2 products exist, ``within_group/recall_at_1``."""
+    """``recall_at_K``, ``map_at_K`` (K in ks), ``mrr``, ``num_queries``; where coarse groups
+    with >= 2 products exist, ``within_group/recall_at_1``; where the split mixes photo and
+    text-only queries, Recall@1 of each kind."""
     metrics, within = _per_query(eval_set, ranking, ks)
     out = metrics.summary()
     if np.isfinite(within).any():
         out[WITHIN_GROUP_R1] = float(np.nanmean(within))
+    photo = eval_set.photo_queries
+    if photo.any() and not photo.all():
+        top1 = metrics.first_rank == 1
+        out[PHOTO_QUERIES_R1] = float(top1[photo].mean())
+        out[TEXT_QUERIES_R1] = float(top1[~photo].mean())
     return out
 
 

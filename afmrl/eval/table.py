@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from afmrl.eval.protocol import (WITHIN_GROUP_R1, EvalSet, Ranking, rank_bm25, rank_dense,
-                                 rank_lexical, rank_tfidf, ranking_depth, score_by_group,
-                                 score_ranking)
+from afmrl.eval.protocol import (PHOTO_QUERIES_R1, TEXT_QUERIES_R1, WITHIN_GROUP_R1, EvalSet,
+                                 Ranking, rank_bm25, rank_dense, rank_lexical, rank_tfidf,
+                                 ranking_depth, score_by_group, score_ranking)
 from afmrl.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 # Text-only systems scored next to every embedder (``--baselines``); name -> ranker. Lexical and
@@ -19,9 +19,11 @@ TEXT_BASELINES: dict[str, Callable[[EvalSet, int], Ranking]] = {"tfidf": rank_tf
                                                                  "bm25": rank_bm25,
                                                                  "lexical": rank_lexical}
 ZERO_SHOT = "zero_shot"
-COLUMNS = ("recall_at_1", "recall_at_5", "recall_at_10", "map_at_10", "mrr", WITHIN_GROUP_R1)
+COLUMNS = ("recall_at_1", "recall_at_5", "recall_at_10", "map_at_10", "mrr", WITHIN_GROUP_R1,
+           PHOTO_QUERIES_R1, TEXT_QUERIES_R1)
 HEADERS = {"recall_at_1": "R@1", "recall_at_5": "R@5", "recall_at_10": "R@10",
-           "map_at_10": "mAP@10", "mrr": "MRR", WITHIN_GROUP_R1: "within-group R@1"}
+           "map_at_10": "mAP@10", "mrr": "MRR", WITHIN_GROUP_R1: "within-group R@1",
+           PHOTO_QUERIES_R1: "photo-query R@1", TEXT_QUERIES_R1: "text-query R@1"}
 
 
 @dataclass

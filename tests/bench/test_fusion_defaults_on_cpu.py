@@ -1,5 +1,5 @@
 """The fusion defaults are a measured choice: the bench picks the least worst-case regret, the
-committed sweep is what the defaults say, and the grocery text queries are the shop titles."""
+committed sweep is what the defaults say, and the grocery set holds only its val text queries."""
 import json
 import sys
 
@@ -30,10 +30,7 @@ def test_the_configured_defaults_are_the_committed_measured_choice():
         len(fusion_defaults.grid(RetrievalConfig()))}
 
 
-def test_grocery_text_queries_are_shop_titles_of_the_catalog_items():
-    _, eval_set = fusion_defaults.grocery_shop_titles(DEFAULT_SHARED_DATA)
-    assert len(eval_set) == 80 and len(eval_set.gallery) == 81
-    assert all(q.image is None and q.text for q in eval_set.queries)
-    by_text = dict(zip(eval_set.query_texts, eval_set.query_products))
-    granny = eval_set.gallery_products[eval_set.gallery_item_ids.index("iconic/Granny-Smith")]
-    assert by_text["Apple Granny Smith Class 1"] == granny
+def test_the_grocery_set_is_the_val_text_queries_only():
+    _, eval_set = fusion_defaults.grocery_text_val(DEFAULT_SHARED_DATA)
+    assert len(eval_set) == 40 and len(eval_set.gallery) == 81 and eval_set.split == "val"
+    assert not eval_set.photo_queries.any() and all(eval_set.query_texts)

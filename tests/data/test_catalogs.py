@@ -21,14 +21,27 @@ def test_grocery_adapter(shared_data):
 
 
 def test_mini_grocery_validates_images(mini_catalog):
-    assert len(mini_catalog) == 186
+    assert len(mini_catalog) == 186 + 31  # + the shop titles of its 31 products
     assert (mini_catalog["error"] == "").all()
     assert set(mini_catalog["split"]) == {"catalog", "test"}
 
 
+def test_grocery_text_queries_are_the_shop_titles_of_held_out_products(shared_data):
+    catalog = grocery_catalog(shared_data, check_images=False)
+    text = catalog[catalog["image_uri"] == ""]
+    assert len(text) == 80 and text["item_id"].str.startswith("shop/").all()
+    assert (text["text"] == "").all() and (text["title"] != "").all()
+    granny = text[text["item_id"] == "shop/iconic/Granny-Smith"].iloc[0]
+    assert granny["title"] == "Apple Granny Smith Class 1"
+    assert granny["group_id"] == catalog.loc[catalog["item_id"] == "iconic/Granny-Smith",
+                                             "group_id"].item()
+    # whole products, about half in val and half in test, never in train
+    assert text.groupby("split")["group_id"].nunique().to_dict() == {"test": 40, "val": 40}
+
+
 def test_grocery_query_photos_are_photo_only(shared_data):
     catalog = grocery_catalog(shared_data, check_images=False)
-    photos = catalog[catalog["split"] != "catalog"]
+    photos = catalog[(catalog["split"] != "catalog") & (catalog["image_uri"] != "")]
     assert set(photos["split"]) == {"train", "val", "test"}
     assert (photos["title"] == "").all() and (photos["text"] == "").all()
     assert (photos["image_uri"] != "").all()
@@ -146,3 +159,5 @@ def test_max_items_is_a_seeded_sample_across_products(shared_data):
     train = first[first["split"] == "train"]
     assert len(train) == 300 and train["group_id"].nunique() > 60  # not the first few products
     assert (first["split"] == "catalog").sum() == 81
+    test = first[first["split"] == "test"]  # 300 photos, and the text queries are not crowded out
+    assert (test["image_uri"] != "").sum() == 300 and (test["image_uri"] == "").sum() == 40

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from afmrl.data.schema import validate_catalog
-from afmrl.eval.protocol import (WITHIN_GROUP_R1, build_eval_set, rank_bm25, rank_by_scores,
-                                 rank_tfidf, score_by_group, score_ranking)
+from afmrl.eval.protocol import (PHOTO_QUERIES_R1, TEXT_QUERIES_R1, WITHIN_GROUP_R1,
+                                 build_eval_set, rank_bm25, rank_by_scores, rank_tfidf,
+                                 score_by_group, score_ranking)
 
 KEYS = ("category", "colour")
 
@@ -55,6 +56,19 @@ def test_hand_checked_metrics_and_within_group():
     groups = {g["coarse_group"]: g for g in score_by_group(test, (indices, indices * 0.0), (1,))}
     assert groups["milk"]["recall_at_1"] == 0.5 and groups["milk"]["num_queries"] == 2
     assert groups["fruit"]["recall_at_1"] == 0.0 and WITHIN_GROUP_R1 not in groups["fruit"]
+
+
+def test_a_split_of_photo_and_text_queries_reports_recall_at_1_of_each_kind():
+    catalog = _gallery_catalog()
+    catalog.loc[catalog["item_id"] == "t0", ["title", "image_uri"]] = ["", "/photos/t0.jpg"]
+    test = build_eval_set(catalog, "test", KEYS, with_attributes=False)
+    assert test.photo_queries.tolist() == [True, False, False]
+    # t0 (photo) right; t1 (text) wrong; t2 (text) right
+    indices = np.array([[0, 1, 2], [0, 1, 2], [2, 1, 0]])
+    metrics = score_ranking(test, (indices, np.zeros((3, 3), np.float32)), ks=(1,))
+    assert metrics[PHOTO_QUERIES_R1] == 1.0 and metrics[TEXT_QUERIES_R1] == 0.5
+    text_only = build_eval_set(_gallery_catalog(), "test", KEYS, with_attributes=False)
+    assert PHOTO_QUERIES_R1 not in score_ranking(text_only, (indices, indices * 0.0), ks=(1,))
 
 
 def _offers():
