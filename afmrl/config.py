@@ -313,7 +313,7 @@ class RetrievalConfig:
     rrf_k: float = doc("RRF constant: score = sum_source weight / (rrf_k + rank).", 60.0)
     dense_weight: float = doc("RRF weight of the dense ranking.", 1.0)
     lexical_weight: float = doc("RRF weight of the lexical ranking.", 1.0)
-    alpha: float = doc("Convex fusion: alpha x dense + (1 - alpha) x lexical (normalised).", 0.5)
+    alpha: float = doc("Convex fusion: alpha x dense + (1 - alpha) x lexical (normalised).", 0.6)
     candidates: int = doc("Depth each source contributes to the fusion.", 100)
 
     def __post_init__(self) -> None:
