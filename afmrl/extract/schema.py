@@ -49,11 +49,16 @@ def normalise_value(value: Any) -> str:
     return text[:MAX_VALUE_CHARS]
 
 
+JSON_SYNTAX = frozenset("{}[]")
+
+
 def informative(value: str) -> bool:
-    """A value that names something: not empty, not a placeholder, and with a letter or digit
-    (a briefly trained generator fills every key with "," or "-", which is valid JSON but says
-    nothing and must not reach a query or a result card)."""
-    return value not in ("none", "null", "unknown", "n/a") and any(c.isalnum() for c in value)
+    """A value that names something: not empty, not a placeholder, with a letter or digit and
+    no JSON syntax in it (a briefly trained generator fills every key with "," or "-", or
+    writes fragments such as "}packaging": valid JSON strings that say nothing and must not
+    reach a query or a result card)."""
+    return (value not in ("none", "null", "unknown", "n/a") and any(c.isalnum() for c in value)
+            and JSON_SYNTAX.isdisjoint(value))
 
 
 def parse_attributes(raw: str, keys: Sequence[str]) -> ParsedAttributes:

@@ -14,6 +14,9 @@ def test_values_that_name_nothing_are_dropped():
     assert parsed.ok and parsed.values == {}
     assert parse_attributes('{"category": "7-up", "brand": "å"}', KEYS).values == {
         "category": "7-up", "brand": "å"}
+    # fragments of JSON syntax a weak generator writes inside a value (seen in the demo)
+    assert parse_attributes('{"category": "}packaging", "brand": "[arla", "colour": "{"}',
+                            KEYS).values == {}
 
 
 def test_malformed_output_is_kept_with_error():
