@@ -150,7 +150,7 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     from afmrl.utils.io import fingerprint_tree
 
     for tag in ("sft", "rar"):
-        assert len(load_attributes(layout.attributes(tag))) == 186
+        assert len(load_attributes(layout.attributes(tag))) == 186 + 31  # + the shop titles
     for generator in (layout.generator_sft, layout.generator_rar):
         AutoModelForImageTextToText.from_pretrained(str(generator))
     for tag in ("infonce", "agcl", "cit"):

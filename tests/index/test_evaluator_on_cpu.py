@@ -1,6 +1,8 @@
 """RecallEvaluator actors against the in-process reference, leave-one-out, ties, reuse."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
@@ -71,6 +73,19 @@ def test_second_caller_reuses_the_named_group(catalog, evaluators, ray_config):
         RecallEvaluator.get_or_create("eval-nobody", ray_config=ray_config)
 
 
+def wait_until_dead(actor, timeout_s: float = 60.0) -> None:
+    """``ray.kill`` is asynchronous: a call made right after it may still be served (CI once
+    saw the evaluation succeed), so wait until the actor refuses calls."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.get_fingerprint.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"actor still answers {timeout_s:.0f} s after ray.kill")
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_dead_evaluator_actor_is_reported_by_name(catalog, evaluators, ray_config):
     gallery, products, queries, query_products = catalog
@@ -79,6 +94,7 @@ def test_dead_evaluator_actor_is_reported_by_name(catalog, evaluators, ray_confi
                                           ray_config=ray_config)
     evaluators.append(group)
     ray.kill(group.actors[1])
+    wait_until_dead(group.actors[1])
     with pytest.raises(ShardUnavailable, match="evaluator actor 'eval-doomed-1' is dead"):
         group.evaluate(queries, query_products)
 
