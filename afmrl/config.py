@@ -111,8 +111,9 @@ class ModelsConfig:
     lora_rank: int = doc("LoRA rank for vlm2vec (0 = full fine-tuning).", 8)
     inference_gpus: float = doc(
         "GPUs of each process that runs the embedder or generator for inference outside "
-        "training: the RAR reward EmbedderActor, the index-stage embedder and the Serve Embedder "
-        "/ AttributeGenerator replicas (fractions share a GPU). 0 = CPU.", 0.0)
+        "training: the RAR reward EmbedderActor, the embedding job's actors (index stage) and "
+        "the Serve Embedder / AttributeGenerator replicas (fractions share a GPU). 0 = CPU.",
+        0.0)
     seed: int = doc("Seed for building tiny models deterministically.", 0)
 
     def __post_init__(self) -> None:

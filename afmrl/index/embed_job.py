@@ -55,17 +55,27 @@ def embed_catalog(config: AfmrlConfig, embedder_path: str | Path, catalog_path: 
                   out_dir: str | Path, split: str = "catalog") -> Path:
     """Embed the usable ``split`` rows of a Parquet/JSONL/CSV catalog into Parquet shards under
     ``out_dir`` (replaced atomically); returns ``out_dir``."""
+    from afmrl.data.catalogs import read_catalog_file
+
+    dataset = read_catalog_file(catalog_path, check_images=False)
+    dataset = dataset.map_batches(gallery_rows, batch_format="pandas", fn_kwargs={"split": split})
+    return embed_rows(config, embedder_path, dataset, out_dir,
+                      {"catalog": str(Path(catalog_path).resolve()), "split": split})
+
+
+def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
+               out_dir: str | Path, source: dict[str, Any]) -> Path:
+    """Embed the rows of a Ray Dataset of validated catalog rows (``embed_catalog``'s, or a
+    stage's gallery already in memory) into Parquet shards under ``out_dir``; ``source`` says
+    where the rows came from in the manifest."""
     import pyarrow.parquet as pq
     import ray.data
 
-    from afmrl.data.catalogs import read_catalog_file
-    from afmrl.utils.device import inference_embedder
+    from afmrl.utils.device import catalog_embedders
 
-    placement = inference_embedder(config, "index")
+    placement = catalog_embedders(config)
     index = config.index
     started = time.perf_counter()
-    dataset = read_catalog_file(catalog_path, check_images=False)
-    dataset = dataset.map_batches(gallery_rows, batch_format="pandas", fn_kwargs={"split": split})
     embedded = dataset.map_batches(
         CatalogEmbedder, batch_format="pandas", batch_size=index.embed_batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=index.embed_min_actors,
@@ -81,8 +91,7 @@ def embed_catalog(config: AfmrlConfig, embedder_path: str | Path, catalog_path: 
                   for path in sorted(tmp.glob("*.parquet"))]
         dim = _dim_of(tmp, shards)
         atomic_write_json(tmp / EMBEDDINGS_MANIFEST, {
-            "catalog": str(Path(catalog_path).resolve()), "split": split,
-            "embedder": str(Path(embedder_path).resolve()),
+            **source, "embedder": str(Path(embedder_path).resolve()),
             "model_hash": fingerprint_tree(embedder_path), "dim": dim,
             "rows": sum(s["rows"] for s in shards), "shards": shards})
     log.info("embed job: %d rows in %d shards -> %s (%.1fs)", sum(s["rows"] for s in shards),

@@ -10,6 +10,7 @@ is reported by name instead of being waited on.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import zlib
 from pathlib import Path
@@ -73,6 +74,23 @@ class IndexShard:
               model_hash: str) -> int:
         self.index = VectorIndex.build(embeddings, ids, config, model_hash)
         return len(self.index)
+
+    def build_from_files(self, paths: list[str], dim: int, config: IndexConfig,
+                         model_hash: str) -> int:
+        """Build from embedding-job shard files, keeping the rows routed here: the vectors go
+        from storage to the shard that holds them, never through the driver. Rows are added in
+        id order, so the saved shard does not depend on the order the job wrote its files."""
+        from afmrl.index.embed_job import read_embedding_shard
+
+        vectors, ids = [np.zeros((0, dim), np.float32)], [np.zeros(0, str)]
+        for path in paths:
+            part_vectors, part_ids = read_embedding_shard(path)
+            mine = shard_of(as_ids(part_ids), self.num_shards) == self.shard
+            vectors.append(part_vectors[mine])
+            ids.append(part_ids[mine])
+        all_ids = np.concatenate(ids)
+        order = np.argsort(all_ids, kind="stable")
+        return self.build(np.concatenate(vectors)[order], all_ids[order], config, model_hash)
 
     def load(self, path: str, model_hash: str, dim: int, use_gpu: bool | None) -> int:
         self.index = VectorIndex.load(path, model_hash, dim, use_gpu)
@@ -163,6 +181,38 @@ class ShardedIndex:
         except BaseException:
             self.shutdown()
             raise
+        return self
+
+    @classmethod
+    def build_from_embeddings(cls, folder: str | Path, config: IndexConfig, model_hash: str,
+                              ray_config: RayConfig = RayConfig(),
+                              num_cpus: float = DEFAULT_ACTOR_CPUS) -> "ShardedIndex":
+        """Build from the output of ``afmrl.index.embed_job``: every shard actor reads the
+        embedding files itself (on a multi-node cluster ``folder`` must be on shared storage)
+        and builds its part in parallel with the others."""
+        from afmrl.index.embed_job import EMBEDDINGS_MANIFEST
+
+        folder = Path(folder).resolve()
+        manifest = json.loads((folder / EMBEDDINGS_MANIFEST).read_text())
+        if manifest["model_hash"] != model_hash:
+            raise ValueError(f"{folder} holds embeddings of model {manifest['model_hash'][:12]}, "
+                             f"not {model_hash[:12]}; rerun the embedding job")
+        if not manifest["rows"]:
+            raise ValueError(f"{folder} holds no embeddings: no usable catalog rows to index")
+        paths = [str(folder / shard["file"]) for shard in manifest["shards"] if shard["rows"]]
+        self = cls(cls._spawn(config.num_shards, config, ray_config, None, num_cpus), config,
+                   ray_config)
+        try:
+            built = self._call("build", {i: shard.build_from_files.remote(
+                                             paths, manifest["dim"], config, model_hash)
+                                         for i, shard in enumerate(self.shards)})
+        except BaseException:
+            self.shutdown()
+            raise
+        if sum(built.values()) != manifest["rows"]:
+            self.shutdown()
+            raise RuntimeError(f"the shards of {folder} hold {sum(built.values())} items, its "
+                               f"manifest counts {manifest['rows']}")
         return self
 
     @classmethod

@@ -6,7 +6,9 @@ attributes) so serving needs nothing but this folder and the embedder it names.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -18,35 +20,41 @@ from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
 log = logging.getLogger("afmrl")
 ITEMS_FILE = "items.parquet"
 SOURCE_FILE = "embedder.json"
+BLOCK_ROWS = 4096
 
 
 def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.DataFrame,
                         out_dir: Path, tracker=None) -> Path:
-    """Embed every usable catalog item (split 'catalog') in an ``EmbedderActor`` on the device
-    ``models.inference_gpus`` asks for, and save the sharded index."""
+    """Embed every usable catalog item (split 'catalog') with the embedding job (Ray Data over
+    an embedder actor pool on the device ``models.inference_gpus`` asks for) and save the
+    sharded index, each shard built by its actor from the embedding files."""
+    import ray.data
+
+    from afmrl.data.schema import CATALOG_COLUMNS
+    from afmrl.index.embed_job import EMBEDDINGS_MANIFEST, embed_rows
     from afmrl.index.lexical import build_catalog_lexical
     from afmrl.index.sharded import ShardedIndex
-    from afmrl.rl.reward import EmbedderActor
-    from afmrl.train.data import catalog_inputs, usable
-    from afmrl.utils.device import inference_embedder
-    from afmrl.utils.ray_utils import get_with_timeout, kill_actors, preflight
+    from afmrl.train.data import usable
+    from afmrl.utils.device import catalog_embedders
+    from afmrl.utils.ray_utils import preflight
 
     gallery = usable(catalog)
     gallery = gallery[gallery["split"] == "catalog"].reset_index(drop=True)
-    placement = inference_embedder(config, "index")
-    preflight([placement], "the index-stage embedder")
+    preflight([catalog_embedders(config)], "the index-stage embedding job")
     started = time.perf_counter()
-    embedder = EmbedderActor.options(**placement.ray_options()).remote(str(embedder_path),
-                                                                      placement)
-    try:
-        embeddings = get_with_timeout(
-            embedder.embed.remote(catalog_inputs(gallery, config.extract.attribute_keys)),
-            config.ray.call_timeout_s, "embedding the index gallery")
-    finally:
-        kill_actors([embedder])
-    model_hash = fingerprint_tree(embedder_path)
-    index = ShardedIndex.build(embeddings, gallery["item_id"].tolist(), config.index, model_hash,
-                               config.ray)
+    # The embeddings sit beside the index and go once it is saved; a killed run leaves them
+    # for the rerun to replace.
+    work = out_dir.with_name(f".{out_dir.name}.work")
+    shutil.rmtree(work, ignore_errors=True)
+    frame = gallery[[c for c in CATALOG_COLUMNS if c in gallery]]
+    # Blocks of BLOCK_ROWS, so a pool of several embedders shares the gallery.
+    rows = ray.data.from_pandas([frame.iloc[i:i + BLOCK_ROWS]
+                                 for i in range(0, len(frame), BLOCK_ROWS)] or [frame])
+    embeddings = embed_rows(config, embedder_path, rows, work / "embeddings",
+                            {"catalog": "the index stage's gallery", "split": "catalog"})
+    embedded = json.loads((embeddings / EMBEDDINGS_MANIFEST).read_text())
+    model_hash = embedded["model_hash"]
+    index = ShardedIndex.build_from_embeddings(embeddings, config.index, model_hash, config.ray)
     try:
         index.save(out_dir)
     finally:
@@ -58,10 +66,11 @@ def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.Da
                  "coarse_group", "content_hash"]].to_parquet(tmp, index=False)
     atomic_write_json(out_dir / SOURCE_FILE, {"embedder": str(Path(embedder_path).resolve()),
                                               "model_hash": model_hash,
-                                              "dim": int(embeddings.shape[1])})
+                                              "dim": int(embedded["dim"])})
+    shutil.rmtree(work)
     seconds = time.perf_counter() - started
     log.info("index: %d items, dim %d, %d shards -> %s (%.1fs)", len(gallery),
-             embeddings.shape[1], config.index.num_shards, out_dir, seconds)
+             embedded["dim"], config.index.num_shards, out_dir, seconds)
     if tracker is not None:
         tracker.log_metrics({"index_items": len(gallery), "index_seconds": seconds})
         tracker.log_inputs({"index_model_hash": model_hash})

@@ -49,6 +49,9 @@ QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # Ray Data configures its own logger when imported (level DEBUG, console INFO): on a pipe
+    # it logs every dataset's plan and a progress table every 10 s. Its level setting wins.
+    "RAY_DATA_LOG_LEVEL": "WARNING",
     # C++ core-worker error lines, e.g. Ray Train's PreemptionWatcher one and the driver's about
     # Ray Data's actors. Each process that reads it announces so in one INFO line first: the
     # driver's own is printed before any Python hook can act (one line per job); the workers'
@@ -82,6 +85,7 @@ NOISE_MARKERS = (
     "mlflow.store.db.utils", "Requesting resources:", "Setting up process group",
     "Triton not available", "NUMA binding", "core_worker.cc", *STREAM_NOISE,
     "Loading safetensors checkpoint shards", "TRL currently supports vLLM",
+    "Running Dataset", "Execution plan of Dataset",
 )
 
 

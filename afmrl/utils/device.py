@@ -21,7 +21,7 @@ from afmrl.config import AfmrlConfig, ExtractConfig, replace
 
 GIB = 1 << 30
 # CPUs of processes that mostly wait on a model or an index (a GPU does their work there).
-EMBEDDER_CPUS = 0.5        # the RAR reward EmbedderActor and the index-stage embedder
+EMBEDDER_CPUS = 0.5        # the RAR reward EmbedderActor and each embedding-job actor
 EVALUATOR_CPUS = 0.5       # per RecallEvaluator actor
 SHARD_CPUS = 0.5           # per index shard actor of the index stage
 SERVE_SHARD_CPUS = 0.25    # per index shard actor of each Serve Retriever replica
@@ -50,6 +50,7 @@ class Placement:
     gpu_key: str = ""      # the config key that asks for the GPU ...
     gpu_value: Any = None  # ... its value ...
     cpu_value: str = ""    # ... and what to set it to for CPU
+    strategy: str = ""     # Ray scheduling strategy ("SPREAD": one per node while nodes last)
 
     @property
     def device(self) -> str:
@@ -62,6 +63,8 @@ class Placement:
             options["num_gpus"] = self.gpus
         if self.memory_bytes:
             options["memory"] = self.memory_bytes
+        if self.strategy:
+            options["scheduling_strategy"] = self.strategy
         return options
 
     def bundle(self) -> dict[str, float]:
@@ -86,9 +89,10 @@ class Placement:
 
 
 def _gpu(stage: str, component: str, kind: str, count: int, cpus: float, gpus: float,
-         key: str, value: Any, cpu_value: str, memory_bytes: int = 0) -> Placement:
+         key: str, value: Any, cpu_value: str, memory_bytes: int = 0,
+         strategy: str = "") -> Placement:
     return Placement(stage, component, kind, count, cpus, gpus, memory_bytes, key, value,
-                     cpu_value)
+                     cpu_value, strategy)
 
 
 # -- every component ----------------------------------------------------------------------------
@@ -137,12 +141,17 @@ def rar_workers(config: AfmrlConfig) -> Placement:
 
 
 def inference_embedder(config: AfmrlConfig, stage: str) -> Placement:
-    """The frozen embedder outside training: the RAR reward's ``EmbedderActor`` (stage 'rar')
-    and the index stage's embedder (stage 'index'), one actor each."""
+    """The frozen embedder of the RAR reward: one ``EmbedderActor``."""
     gpus = config.models.inference_gpus
-    component = "reward EmbedderActor" if stage == "rar" else "index EmbedderActor"
-    return _gpu(stage, component, "actor", 1, EMBEDDER_CPUS, gpus, "models.inference_gpus",
-                gpus, "0")
+    return _gpu(stage, "reward EmbedderActor", "actor", 1, EMBEDDER_CPUS, gpus,
+                "models.inference_gpus", gpus, "0")
+
+
+def catalog_embedders(config: AfmrlConfig, stage: str = "index") -> Placement:
+    """The embedding job's actor pool (``afmrl.index.embed_job``), at its largest size."""
+    gpus = config.models.inference_gpus
+    return _gpu(stage, "CatalogEmbedder", "Ray Data actor pool", config.index.embed_max_actors,
+                EMBEDDER_CPUS, gpus, "models.inference_gpus", gpus, "0")
 
 
 def recall_evaluators(config: AfmrlConfig) -> Placement:
@@ -160,8 +169,10 @@ def index_shards(config: AfmrlConfig | None, stage: str = "index", *, index=None
     index = index if index is not None else config.index
     gpus = index.gpus_per_shard if index.use_gpu else 0.0
     cpus = cpus if cpus is not None else (SERVE_SHARD_CPUS if stage == "serve" else SHARD_CPUS)
+    # SPREAD: the shards of one index land on different nodes where there are several, so a
+    # node's loss takes one shard and the shards' memory and search work divide over nodes.
     return _gpu(stage, "IndexShard", "actor", count or index.num_shards, cpus, gpus,
-                "index.use_gpu", index.use_gpu, "false")
+                "index.use_gpu", index.use_gpu, "false", strategy="SPREAD")
 
 
 def serve_deployments(config: AfmrlConfig, with_generator: bool) -> list[Placement]:
@@ -203,7 +214,7 @@ def stage_placements(config: AfmrlConfig, stage: str, with_generator: bool = Tru
         return [rar_workers(config), inference_embedder(config, "rar"),
                 recall_evaluators(config)]
     if stage == "index":
-        return [inference_embedder(config, "index"), index_shards(config)]
+        return [catalog_embedders(config), index_shards(config)]
     if stage == "serve":
         return serve_deployments(config, with_generator)
     raise ValueError(f"unknown stage {stage!r}; choose from {list(PLAN_STEPS)}")

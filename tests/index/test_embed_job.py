@@ -1,5 +1,6 @@
 """The catalog embedding job (Ray Data over an embedder actor pool): the shards hold exactly the
-usable catalog rows with the vectors in-process embedding gives, and the manifest counts them."""
+usable catalog rows with the vectors in-process embedding gives, the manifest counts them, and
+index shard actors build the sharded index from them."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afmrl.config import load_config
+from afmrl.config import IndexConfig, RayConfig, load_config
 from afmrl.index.embed_job import EMBEDDINGS_MANIFEST, embed_catalog, read_embedding_shard
+from afmrl.index.faiss_index import VectorIndex
+from afmrl.index.sharded import ShardedIndex
 from afmrl.models.embedders import build_embedder, embed, load_embedder, save_embedder
 from afmrl.train.data import catalog_inputs
 
@@ -22,9 +25,8 @@ def embedder_dir(tmp_path_factory):
     return path
 
 
-def test_shards_hold_every_usable_catalog_row_with_its_vector(ray_local, embedder_dir,
-                                                              tmp_path):
-    rows = 300
+def embed_sample(embedder_dir, tmp_path, rows: int = 300):
+    """A catalog with an unusable row and non-catalog rows, embedded by the job."""
     catalog = pd.DataFrame({
         "item_id": [f"item-{i}" for i in range(rows)], "group_id": np.arange(rows) // 3,
         "title": [f"product {i} in colour {i % 7}" for i in range(rows)],
@@ -35,11 +37,20 @@ def test_shards_hold_every_usable_catalog_row_with_its_vector(ray_local, embedde
     catalog.to_parquet(path)
     config = load_config(None, ["models.text_tower=tiny", "index.embed_batch_size=32",
                                 "index.embed_max_actors=2"])
+    return catalog, config, embed_catalog(config, embedder_dir, path, tmp_path / "embeddings")
 
-    out = embed_catalog(config, embedder_dir, path, tmp_path / "embeddings")
 
+def read_all(out):
     manifest = json.loads((out / EMBEDDINGS_MANIFEST).read_text())
     parts = [read_embedding_shard(out / shard["file"]) for shard in manifest["shards"]]
+    return manifest, parts
+
+
+def test_shards_hold_every_usable_catalog_row_with_its_vector(ray_local, embedder_dir,
+                                                              tmp_path):
+    catalog, config, out = embed_sample(embedder_dir, tmp_path)
+
+    manifest, parts = read_all(out)
     assert [len(ids) for _, ids in parts] == [shard["rows"] for shard in manifest["shards"]]
     vectors = np.concatenate([v for v, _ in parts])
     ids = np.concatenate([i for _, i in parts])
@@ -51,3 +62,29 @@ def test_shards_hold_every_usable_catalog_row_with_its_vector(ray_local, embedde
                                     config.extract.attribute_keys))
     order = {item: i for i, item in enumerate(wanted["item_id"])}
     np.testing.assert_allclose(vectors, expected[[order[i] for i in ids]], atol=1e-5)
+
+
+def test_shard_actors_build_the_index_from_the_embedding_files(ray_local, embedder_dir,
+                                                               tmp_path):
+    """Each shard actor reads the files and keeps its own rows: together they hold every row
+    once, and the sharded search is the exact search over all the vectors."""
+    _, config, out = embed_sample(embedder_dir, tmp_path)
+    manifest, parts = read_all(out)
+    vectors = np.concatenate([v for v, _ in parts])
+    ids = np.concatenate([i for _, i in parts])
+    ray_config = RayConfig(namespace="afmrl-test-embed-job", call_timeout_s=60.0)
+
+    index = ShardedIndex.build_from_embeddings(out, IndexConfig(kind="flat", num_shards=3),
+                                               manifest["model_hash"], ray_config)
+    try:
+        assert len(index) == manifest["rows"]
+        reference = VectorIndex.build(vectors, ids, IndexConfig(kind="flat"), "m")
+        expected_scores, expected_ids = reference.search(vectors[:25], 10)
+        scores, found = index.search(vectors[:25], 10)
+        np.testing.assert_array_equal(found, expected_ids)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+    finally:
+        index.shutdown()
+    with pytest.raises(ValueError, match="rerun the embedding job"):
+        ShardedIndex.build_from_embeddings(out, IndexConfig(kind="flat"), "another-model",
+                                           ray_config)

@@ -1,5 +1,11 @@
-"""ShardedIndex on a local Ray cluster: exact merge, routing, save/load, names, dead shards."""
+"""ShardedIndex on a local Ray cluster: exact merge, IVF recall, routing, save/load, names, dead
+shards, and placement over the nodes of a two-node cluster."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +125,56 @@ def test_dead_shard_is_reported_by_name(random_data, sharded):
     ray.kill(index.shards[1])
     with pytest.raises(ShardUnavailable, match=r"index shard 1 \('doomed-shard-1'\) is dead"):
         index.search(queries, 5)
+
+
+def test_ivf_shards_keep_the_recall_of_one_ivf_index(clustered, sharded):
+    """Each IVF shard trains its own lists on its rows; probing every shard must find the
+    true neighbours at least as well as one IVF index over all rows (a merge that dropped a
+    shard's answers, or shards that searched too few lists, would fall below it)."""
+    gallery, _ = clustered(4000, 64, 200, seed=3, noise=0.6)
+    queries, _ = clustered(200, 64, 200, seed=4, noise=0.6)
+    ids = np.arange(len(gallery))
+    _, exact = VectorIndex.build(gallery, ids, IndexConfig(kind="flat"), "m").search(queries, 10)
+    ivf = dict(kind="ivf_flat", nlist=32, nprobe=16)
+    _, single = VectorIndex.build(gallery, ids, IndexConfig(**ivf), "m").search(queries, 10)
+    _, split = sharded(gallery, ids, IndexConfig(**ivf, num_shards=4), "m").search(queries, 10)
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]))
+
+    assert recall(split) >= recall(single) - 0.02, (recall(split), recall(single))
+    assert recall(split) >= 0.9, recall(split)
+
+
+SPREAD_CHECK = """
+import json
+import numpy as np
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+from afmrl.config import IndexConfig, RayConfig
+from afmrl.index.sharded import ShardedIndex
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4})
+cluster.add_node(num_cpus=4)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address)
+try:
+    index = ShardedIndex.build(np.eye(8, dtype=np.float32), np.arange(8),
+                               IndexConfig(kind="flat", num_shards=2), "m",
+                               RayConfig(call_timeout_s=120))
+    actors = list_actors(filters=[("class_name", "=", "IndexShard"), ("state", "=", "ALIVE")])
+    print(json.dumps({"shards": len(actors), "nodes": len({a.node_id for a in actors})}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_shards_of_one_index_spread_over_the_nodes():
+    """On a two-node cluster (two raylets on this machine) the two shards land on different
+    nodes; Ray's default policy would pack both onto the first node, whose CPUs they fit."""
+    done = subprocess.run([sys.executable, "-c", SPREAD_CHECK], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"shards": 2, "nodes": 2}

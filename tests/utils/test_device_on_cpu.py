@@ -28,7 +28,7 @@ def gpu_config(*overrides: str):
     return load_config(REPO_ROOT / GPU_CONFIG, [
         "ray.address=null", "extract.num_actors=1", "extract.cpus_per_actor=0.5",
         "train.num_workers=1", "train.cpus_per_worker=0.5", "rl.num_workers=1",
-        "rl.prompts_per_step=2", "rl.group_size=2", "index.num_shards=2", "index.kind=flat",
+        "rl.prompts_per_step=2", "rl.group_size=2", "index.num_shards=2", "index.kind=flat", "index.embed_max_actors=1",
         "serve.max_replicas=1", *overrides])
 
 
@@ -42,7 +42,8 @@ def test_gpu_config_puts_every_model_and_index_on_cuda():
     on_cpu = {name for name, p in by_name.items() if p.device == "cpu"}
     assert on_cpu == {("rar", "RecallEvaluator"), ("serve", "Retriever"),
                       ("serve", "SearchIngress")}, "only index-less, model-less processes on CPU"
-    assert by_name["index", "IndexShard"].ray_options() == {"num_cpus": 0.5, "num_gpus": 0.25}
+    assert by_name["index", "IndexShard"].ray_options() == {"num_cpus": 0.5, "num_gpus": 0.25,
+                                                            "scheduling_strategy": "SPREAD"}
     assert by_name["train", "AGCL worker"].scaling_config() == {
         "num_workers": 8, "use_gpu": True, "resources_per_worker": {"CPU": 4.0, "GPU": 1.0}}
 
@@ -118,8 +119,8 @@ def test_index_shards_request_and_get_a_gpu(logical_gpus):
 
 
 def test_embedder_actors_request_and_get_a_gpu(logical_gpus, tmp_path):
-    """The index stage's embedder (the reward's EmbedderActor class) checks CUDA before it
-    reads the model: the path need not exist for the check to fire."""
+    """The index stage's embedding job (a Ray Data pool of CatalogEmbedder actors) checks CUDA
+    before it reads the model: the path need not exist for the check to fire."""
     import pandas as pd
 
     from afmrl.index.stage import build_catalog_index
@@ -131,7 +132,7 @@ def test_embedder_actors_request_and_get_a_gpu(logical_gpus, tmp_path):
                             "content_hash": ["h"]})
     with pytest.raises(Exception) as error:
         build_catalog_index(config, tmp_path / "no-embedder", catalog, tmp_path / "index")
-    _fails_on_assigned_gpu(error.value, device.inference_embedder(config, "index"))
+    _fails_on_assigned_gpu(error.value, device.catalog_embedders(config))
 
 
 def test_serve_replicas_request_and_get_a_gpu(logical_gpus, tmp_path):
