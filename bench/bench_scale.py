@@ -1,6 +1,7 @@
-"""Cost curves: catalog read+validate, embedding (the Ray Data job), index build and search at
-growing catalog sizes, with the peak driver memory of each stage and the fitted log-log slope
-(1 = linear in the catalog size; the driver's memory should not grow at all outside the index).
+"""Cost curves: catalog read+validate, embedding (the Ray Data job), index build (IndexShard
+actors reading the embedding files) and search at growing catalog sizes, with the peak private
+memory of the driver in each stage and the fitted log-log slope (1 = linear in the catalog
+size; the driver holds no vectors, so its memory should hardly grow).
 
     python bench/bench_scale.py --sizes 1000,10000,100000 --out bench/scale.png
 
@@ -53,30 +54,36 @@ def synthetic_titles(n: int, seed: int, root: Path = DEFAULT_SHARED_DATA) -> pd.
 
 
 class PeakRss:
-    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+    """Peak private resident memory of this process while the block runs (sampled every
+    20 ms): RSS less its shared pages, which are Ray's object store (mapped into the driver
+    when it reads an object) and the libraries' code, not memory the driver holds."""
 
     def __enter__(self) -> "PeakRss":
         import psutil
 
         self._process = psutil.Process()
-        self.peak = self._process.memory_info().rss
+        self.peak = self._private()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
+    def _private(self) -> int:
+        info = self._process.memory_info()
+        return info.rss - info.shared
+
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._process.memory_info().rss)
+            self.peak = max(self.peak, self._private())
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+        self.peak = max(self.peak, self._private())
 
 
 def measured(fn: Callable[[], Any]) -> tuple[Any, float, int]:
-    """Result, seconds and peak driver RSS (bytes) of one stage."""
+    """Result, seconds and peak private driver memory (bytes) of one stage."""
     with PeakRss() as rss:
         start = time.perf_counter()
         result = fn()
@@ -87,8 +94,8 @@ def measured(fn: Callable[[], Any]) -> tuple[Any, float, int]:
 def run_size(n: int, config: Any, embedder: Path, work: Path, queries: int, seed: int
              ) -> dict[str, tuple[float, int]]:
     from afmrl.data.catalogs import read_catalog_file
-    from afmrl.index.embed_job import EMBEDDINGS_MANIFEST, embed_catalog, read_embedding_shard
-    from afmrl.index.faiss_index import VectorIndex
+    from afmrl.index.embed_job import EMBEDDINGS_MANIFEST, embed_catalog
+    from afmrl.index.sharded import ShardedIndex
 
     catalog = work / f"catalog-{n}.parquet"
     synthetic_titles(n, seed).to_parquet(catalog)
@@ -100,17 +107,16 @@ def run_size(n: int, config: Any, embedder: Path, work: Path, queries: int, seed
                                                            work / f"embeddings-{n}"))
     out["embed"] = (seconds, peak)
 
-    def build() -> VectorIndex:
-        manifest = json.loads((folder / EMBEDDINGS_MANIFEST).read_text())
-        parts = [read_embedding_shard(folder / s["file"]) for s in manifest["shards"]]
-        return VectorIndex.build(np.concatenate([p[0] for p in parts]),
-                                 np.concatenate([p[1] for p in parts]), config.index, "bench")
-
-    index, seconds, peak = measured(build)
+    manifest = json.loads((folder / EMBEDDINGS_MANIFEST).read_text())
+    index, seconds, peak = measured(lambda: ShardedIndex.build_from_embeddings(
+        folder, config.index, manifest["model_hash"], config.ray))
     out["index build"] = (seconds, peak)
-    probe = np.random.default_rng(seed).standard_normal((queries, index.dim)).astype(np.float32)
-    _, seconds, peak = measured(lambda: index.search(probe, 10))
-    out["search"] = (seconds, peak)
+    try:
+        probe = np.random.default_rng(seed).standard_normal((queries, manifest["dim"]))
+        _, seconds, peak = measured(lambda: index.search(probe.astype(np.float32), 10))
+        out["search"] = (seconds, peak)
+    finally:
+        index.shutdown()
     return out
 
 
@@ -132,7 +138,7 @@ def plot(sizes: list[int], results: list[dict[str, tuple[float, int]]], path: Pa
         time_axis.loglog(sizes, seconds, "o-", label=f"{stage} (slope {slope(sizes, seconds):.2f})")
         memory_axis.loglog(sizes, peaks, "o-", label=f"{stage} (slope {slope(sizes, peaks):.2f})")
     time_axis.set(xlabel="catalog items", ylabel="seconds", title="time per stage")
-    memory_axis.set(xlabel="catalog items", ylabel="peak driver RSS (MiB)",
+    memory_axis.set(xlabel="catalog items", ylabel="peak private driver memory (MiB)",
                     title="driver memory per stage")
     for axis in (time_axis, memory_axis):
         axis.grid(True, which="both", alpha=0.3)
