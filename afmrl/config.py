@@ -267,7 +267,8 @@ class IndexConfig:
     embed_min_actors: int = doc("Embedding job (Ray Data): fewest embedder actors.", 1)
     embed_max_actors: int = doc(
         "Embedding job: most embedder actors; the pool grows to it with the backlog.", 1)
-    embed_batch_size: int = doc("Embedding job: catalog rows per embedder call.", 64)
+    embed_batch_size: int = doc("Embedding job: catalog rows per forward pass of an embedder.",
+                                64)
     dim_prefix: int | None = doc(
         "Matryoshka: index only the first N embedding dimensions (re-normalised). None = all.",
         None)

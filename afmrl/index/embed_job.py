@@ -23,6 +23,11 @@ from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
 
 log = logging.getLogger("afmrl")
 EMBEDDINGS_MANIFEST = "manifest.json"
+# Rows per Ray Data batch; each actor call embeds them in model batches of
+# index.embed_batch_size. Ray keeps a task result under 100 KiB in its owner's heap (the
+# driver's) instead of the object store: 64-row blocks of vectors did, and the driver grew
+# with the catalog (+260 MiB at 100k rows). Blocks of this many rows go to the object store.
+BLOCK_ROWS = 2048
 
 
 class CatalogEmbedder:
@@ -77,7 +82,7 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     index = config.index
     started = time.perf_counter()
     embedded = dataset.map_batches(
-        CatalogEmbedder, batch_format="pandas", batch_size=index.embed_batch_size,
+        CatalogEmbedder, batch_format="pandas", batch_size=BLOCK_ROWS,
         compute=ray.data.ActorPoolStrategy(min_size=index.embed_min_actors,
                                            max_size=index.embed_max_actors),
         fn_constructor_kwargs={"embedder_path": str(embedder_path),

@@ -20,7 +20,6 @@ from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
 log = logging.getLogger("afmrl")
 ITEMS_FILE = "items.parquet"
 SOURCE_FILE = "embedder.json"
-BLOCK_ROWS = 4096
 
 
 def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.DataFrame,
@@ -31,7 +30,7 @@ def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.Da
     import ray.data
 
     from afmrl.data.schema import CATALOG_COLUMNS
-    from afmrl.index.embed_job import EMBEDDINGS_MANIFEST, embed_rows
+    from afmrl.index.embed_job import BLOCK_ROWS, EMBEDDINGS_MANIFEST, embed_rows
     from afmrl.index.lexical import build_catalog_lexical
     from afmrl.index.sharded import ShardedIndex
     from afmrl.train.data import usable
@@ -47,7 +46,7 @@ def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.Da
     work = out_dir.with_name(f".{out_dir.name}.work")
     shutil.rmtree(work, ignore_errors=True)
     frame = gallery[[c for c in CATALOG_COLUMNS if c in gallery]]
-    # Blocks of BLOCK_ROWS, so a pool of several embedders shares the gallery.
+    # Blocks of the job's batch size, so a pool of several embedders shares the gallery.
     rows = ray.data.from_pandas([frame.iloc[i:i + BLOCK_ROWS]
                                  for i in range(0, len(frame), BLOCK_ROWS)] or [frame])
     embeddings = embed_rows(config, embedder_path, rows, work / "embeddings",
