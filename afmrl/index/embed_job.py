@@ -24,9 +24,7 @@ from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
 log = logging.getLogger("afmrl")
 EMBEDDINGS_MANIFEST = "manifest.json"
 # Rows per Ray Data batch; each actor call embeds them in model batches of
-# index.embed_batch_size. Ray keeps a task result under 100 KiB in its owner's heap (the
-# driver's) instead of the object store: 64-row blocks of vectors did, and the driver grew
-# with the catalog (+260 MiB at 100k rows). Blocks of this many rows go to the object store.
+# index.embed_batch_size (fewer, larger blocks: less per-block scheduling).
 BLOCK_ROWS = 2048
 
 
@@ -105,13 +103,15 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
 
 
 def _dim_of(folder: Path, shards: list[dict[str, Any]]) -> int | None:
-    """The embedding dimension, read from the first non-empty shard (None: no rows)."""
+    """The embedding dimension from the first non-empty shard's schema: Ray's tensor type
+    records the vector shape (None: no rows). Reading the column instead brought a whole shard
+    of vectors into the driver (+177 MiB at 100k rows)."""
     import pyarrow.parquet as pq
 
     for shard in shards:
         if shard["rows"]:
-            table = pq.read_table(folder / shard["file"], columns=["embedding"]).slice(0, 1)
-            return _embedding_matrix(table).shape[1]
+            vectors = pq.read_schema(folder / shard["file"]).field("embedding").type
+            return int(np.prod(vectors.shape))
     return None
 
 
