@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from afmrl.config import AfmrlConfig
-from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
+from afmrl.utils.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("afmrl")
 ITEMS_FILE = "items.parquet"
