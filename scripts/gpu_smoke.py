@@ -129,7 +129,7 @@ def grpo_step(config, cache: Path, device: str, embedder_path: Path, catalog) ->
     from afmrl.models.tiny import build_tiny_generator
     from afmrl.rl.grpo import grpo_args, prompt_dataset, query_splits
     from afmrl.rl.reward import RecallReward
-    from afmrl.utils.device import inference_embedder
+    from afmrl.utils.device import reward_embedder
 
     started = time.perf_counter()
     attributes = dict(zip(catalog["item_id"], catalog["attributes"]))
@@ -145,7 +145,7 @@ def grpo_step(config, cache: Path, device: str, embedder_path: Path, catalog) ->
                                          config.data.image_size))
         result = trainer.train()
         policy_device = next(trainer.model.parameters()).device
-        embedder_device = inference_embedder(config, "rar").device
+        embedder_device = reward_embedder(config).device
         report("GRPO", f"{policy_device} (reward embedder {embedder_device})", started, f"{result.global_step} GRPO step(s), loss {result.training_loss:.4f}, "
                         f"reward = Recall@{config.rl.recall_k} over a {len(PRODUCTS)}-item gallery")
     finally:

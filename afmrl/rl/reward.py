@@ -35,7 +35,7 @@ from afmrl.config import AfmrlConfig, EvalConfig, IndexConfig, RLConfig, replace
 from afmrl.extract.schema import attribute_text, parse_attributes
 from afmrl.index.evaluator import HybridGallery, RecallEvaluator
 from afmrl.models.embedders import EmbedInput, embed, item_text, load_embedder
-from afmrl.utils.device import (Placement, inference_embedder, recall_evaluators,
+from afmrl.utils.device import (Placement, recall_evaluators, reward_embedder,
                                  torch_device)
 from afmrl.utils.ray_utils import get_with_timeout, kill_actors
 
@@ -52,7 +52,7 @@ EXACT = IndexConfig(kind="flat", metric="ip", num_shards=1)
 @ray.remote
 class EmbedderActor:
     """A frozen embedder in its own process (trainer ranks never load it), on the device its
-    ``placement`` (``afmrl.utils.device.inference_embedder``) names."""
+    ``placement`` (``afmrl.utils.device.reward_embedder``) names."""
 
     def __init__(self, path: str, placement: Placement) -> None:
         self.model = load_embedder(path, torch_device(placement))
@@ -145,7 +145,7 @@ class RecallReward:
         Every remote call (here and per batch) is bounded by ``rl.reward_timeout_s``.
         """
         rl, keys = config.rl, config.extract.attribute_keys
-        placement = inference_embedder(config, "rar")
+        placement = reward_embedder(config)
         embedder = EmbedderActor.options(**placement.ray_options()).remote(str(embedder_path),
                                                                           placement)
         try:

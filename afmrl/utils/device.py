@@ -140,10 +140,10 @@ def rar_workers(config: AfmrlConfig) -> Placement:
                 rl.use_gpu, "false")
 
 
-def inference_embedder(config: AfmrlConfig, stage: str) -> Placement:
+def reward_embedder(config: AfmrlConfig) -> Placement:
     """The frozen embedder of the RAR reward: one ``EmbedderActor``."""
     gpus = config.models.inference_gpus
-    return _gpu(stage, "reward EmbedderActor", "actor", 1, EMBEDDER_CPUS, gpus,
+    return _gpu("rar", "reward EmbedderActor", "actor", 1, EMBEDDER_CPUS, gpus,
                 "models.inference_gpus", gpus, "0")
 
 
@@ -211,7 +211,7 @@ def stage_placements(config: AfmrlConfig, stage: str, with_generator: bool = Tru
     if stage == "train":
         return [agcl_workers(config)]
     if stage == "rar":
-        return [rar_workers(config), inference_embedder(config, "rar"),
+        return [rar_workers(config), reward_embedder(config),
                 recall_evaluators(config)]
     if stage == "index":
         return [catalog_embedders(config), index_shards(config)]
