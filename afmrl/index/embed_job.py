@@ -75,6 +75,7 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     import ray.data
 
     from afmrl.utils.device import catalog_embedders
+    from afmrl.utils.ray_utils import stall_deadline
 
     placement = catalog_embedders(config)
     index = config.index
@@ -89,7 +90,8 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
         **placement.ray_options())
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
-        embedded.write_parquet(str(tmp))
+        with stall_deadline(embedded, config.ray.call_timeout_s, "embedding job"):
+            embedded.write_parquet(str(tmp))
         shards = [{"file": path.name, "rows": pq.read_metadata(path).num_rows}
                   for path in sorted(tmp.glob("*.parquet"))]
         dim = _dim_of(tmp, shards)

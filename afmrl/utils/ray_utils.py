@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import ray
 
@@ -96,6 +97,25 @@ def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:
         return ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as error:
         raise RemoteCallTimeout(f"{what} did not answer within {timeout_s:g}s") from error
+
+
+@contextmanager
+def stall_deadline(dataset: Any, timeout_s: float, what: str) -> Iterator[Any]:
+    """Run the Ray Data execution triggered inside the block under ``timeout_s``: it fails with
+    ``RemoteCallTimeout`` when no block moves for that long (a stuck actor or read, an actor pool
+    the cluster cannot place). Ray Data's own no-progress guard does the watching; its default
+    (30 min) would let a hung job sit far longer than any other remote call of afmrl."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    dataset.context.execution_no_progress_timeout_s = timeout_s
+    try:
+        yield dataset
+    except ExecutionTimeoutError as error:
+        raise RemoteCallTimeout(
+            f"{what}: no block moved for {timeout_s:g}s (ray.call_timeout_s), so the job was "
+            f"stopped. An actor or task is stuck, or the cluster cannot start the actor pool; "
+            f"`ray status` shows pending resources. Raise ray.call_timeout_s only if one batch "
+            f"legitimately takes longer.") from error
 
 
 def kill_actors(actors: Sequence[Any]) -> None:

@@ -4,17 +4,20 @@ index shard actors build the sharded index from them."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from afmrl.config import IndexConfig, RayConfig, load_config
-from afmrl.index.embed_job import EMBEDDINGS_MANIFEST, embed_catalog, read_embedding_shard
+from afmrl.index.embed_job import (EMBEDDINGS_MANIFEST, embed_catalog, embed_rows,
+                                   read_embedding_shard)
 from afmrl.index.faiss_index import VectorIndex
 from afmrl.index.sharded import ShardedIndex
 from afmrl.models.embedders import build_embedder, embed, load_embedder, save_embedder
 from afmrl.train.data import catalog_inputs
+from afmrl.utils.ray_utils import RemoteCallTimeout
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +91,27 @@ def test_shard_actors_build_the_index_from_the_embedding_files(ray_local, embedd
     with pytest.raises(ValueError, match="rerun the embedding job"):
         ShardedIndex.build_from_embeddings(out, IndexConfig(kind="flat"), "another-model",
                                            ray_config)
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_embedding_job_stops_at_the_call_deadline_and_writes_nothing(
+        ray_local, embedder_dir, tmp_path):
+    import ray.data
+
+    def stuck_read(rows: pd.DataFrame) -> pd.DataFrame:
+        """A read that hangs, like one on a dead storage mount (bounded, so a job that ignored
+        its deadline still frees the CPU before the next test). Nested: Ray ships it by value."""
+        time.sleep(45)
+        return rows
+
+    config = load_config(None, ["models.text_tower=tiny", "ray.call_timeout_s=4"])
+    rows = pd.DataFrame({"item_id": ["a", "b"], "group_id": ["1", "2"], "title": ["x", "y"],
+                         "text": "", "image_uri": "", "coarse_group": "",
+                         "attributes": "{}"})
+    stuck = ray.data.from_pandas(rows).map_batches(stuck_read, batch_format="pandas")
+
+    started = time.monotonic()
+    with pytest.raises(RemoteCallTimeout, match=r"no block moved for 4s \(ray.call_timeout_s\)"):
+        embed_rows(config, embedder_dir, stuck, tmp_path / "embeddings", {})
+    assert time.monotonic() - started < 40
+    assert list(tmp_path.iterdir()) == []
