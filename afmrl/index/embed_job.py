@@ -4,9 +4,10 @@ embedder actors and lands as Parquet shards of (item_id, embedding), never whole
 Why: embedding the gallery in the driver (one process, the whole frame in memory) does not grow
 with a cluster. Here the read, validation and embedding run in Ray tasks and actors (GPU actors
 when ``models.inference_gpus`` > 0), the pool grows from ``index.embed_min_actors`` to
-``index.embed_max_actors`` with the backlog, and the output is one Parquet file per written
-block. ``manifest.json`` lists each shard file with its row count, so index builders can split
-the work by shard without reading the vectors.
+``index.embed_max_actors`` with the backlog, and the output is Parquet files already split by
+index shard (``shard=<i>/``, the routing of ``afmrl.index.sharded.shard_of`` for
+``index.num_shards``). ``manifest.json`` lists each file with its row count and index shard, so
+each index shard actor reads only its own files.
 """
 from __future__ import annotations
 
@@ -32,21 +33,25 @@ class CatalogEmbedder:
     """One embedder actor of the pool: catalog rows in, (item_id, embedding) rows out."""
 
     def __init__(self, embedder_path: str, keys: tuple[str, ...], batch_size: int,
-                 placement: Any) -> None:
+                 num_shards: int, placement: Any) -> None:
         from afmrl.models.embedders import load_embedder
         from afmrl.utils.device import torch_device
 
         self.model = load_embedder(embedder_path, torch_device(placement))
         self.keys = keys
         self.batch_size = batch_size
+        self.num_shards = num_shards
 
     def __call__(self, rows: pd.DataFrame) -> pd.DataFrame:
+        from afmrl.index.faiss_index import as_ids
+        from afmrl.index.sharded import shard_of
         from afmrl.models.embedders import embed
         from afmrl.train.data import catalog_inputs
 
+        ids = rows["item_id"].astype(str).to_numpy()
         vectors = embed(self.model, catalog_inputs(rows, self.keys), self.batch_size)
-        return pd.DataFrame({"item_id": rows["item_id"].astype(str).to_numpy(),
-                             "embedding": list(vectors)})
+        return pd.DataFrame({"item_id": ids, "embedding": list(vectors),
+                             "shard": shard_of(as_ids(ids), self.num_shards)})
 
 
 def gallery_rows(rows: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -86,19 +91,23 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
                                            max_size=index.embed_max_actors),
         fn_constructor_kwargs={"embedder_path": str(embedder_path),
                                "keys": tuple(config.extract.attribute_keys),
-                               "batch_size": index.embed_batch_size, "placement": placement},
+                               "batch_size": index.embed_batch_size,
+                               "num_shards": index.num_shards, "placement": placement},
         **placement.ray_options())
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         with stall_deadline(embedded, config.ray.call_timeout_s, "embedding job"):
-            embedded.write_parquet(str(tmp))
-        shards = [{"file": path.name, "rows": pq.read_metadata(path).num_rows}
-                  for path in sorted(tmp.glob("*.parquet"))]
+            embedded.write_parquet(str(tmp), partition_cols=["shard"])
+        shards = [{"file": path.relative_to(tmp).as_posix(),
+                   "rows": pq.read_metadata(path).num_rows,
+                   "index_shard": int(path.parent.name.removeprefix("shard="))}
+                  for path in sorted(tmp.glob("shard=*/*.parquet"))]
         dim = _dim_of(tmp, shards)
         atomic_write_json(tmp / EMBEDDINGS_MANIFEST, {
             **source, "embedder": str(Path(embedder_path).resolve()),
             "model_hash": fingerprint_tree(embedder_path), "dim": dim,
-            "rows": sum(s["rows"] for s in shards), "shards": shards})
+            "num_shards": index.num_shards, "rows": sum(s["rows"] for s in shards),
+            "shards": shards})
     log.info("embed job: %d rows in %d shards -> %s (%.1fs)", sum(s["rows"] for s in shards),
              len(shards), out_dir, time.perf_counter() - started)
     return out_dir

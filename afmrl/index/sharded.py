@@ -59,6 +59,16 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
     return ids % num_shards
 
 
+def files_per_shard(manifest: dict[str, Any], folder: Path, num_shards: int
+                    ) -> dict[int, list[str]]:
+    """The embedding files each of ``num_shards`` index shards reads: only its own when the
+    embedding job split them for that shard count, else every file (the actor keeps its rows)."""
+    routed = manifest.get("num_shards") == num_shards
+    return {i: [str(folder / part["file"]) for part in manifest["shards"]
+                if part["rows"] and (not routed or part["index_shard"] == i)]
+            for i in range(num_shards)}
+
+
 @ray.remote
 class IndexShard:
     """One shard: a VectorIndex owned by one actor (calls are serialised; one index per actor)."""
@@ -189,7 +199,8 @@ class ShardedIndex:
                               num_cpus: float = DEFAULT_ACTOR_CPUS) -> "ShardedIndex":
         """Build from the output of ``afmrl.index.embed_job``: every shard actor reads the
         embedding files itself (on a multi-node cluster ``folder`` must be on shared storage)
-        and builds its part in parallel with the others."""
+        and builds its part in parallel with the others (``files_per_shard`` says which
+        files each reads)."""
         from afmrl.index.embed_job import EMBEDDINGS_MANIFEST
 
         folder = Path(folder).resolve()
@@ -199,12 +210,12 @@ class ShardedIndex:
                              f"not {model_hash[:12]}; rerun the embedding job")
         if not manifest["rows"]:
             raise ValueError(f"{folder} holds no embeddings: no usable catalog rows to index")
-        paths = [str(folder / shard["file"]) for shard in manifest["shards"] if shard["rows"]]
+        paths = files_per_shard(manifest, folder, config.num_shards)
         self = cls(cls._spawn(config.num_shards, config, ray_config, None, num_cpus), config,
                    ray_config)
         try:
             built = self._call("build", {i: shard.build_from_files.remote(
-                                             paths, manifest["dim"], config, model_hash)
+                                             paths[i], manifest["dim"], config, model_hash)
                                          for i, shard in enumerate(self.shards)})
         except BaseException:
             self.shutdown()

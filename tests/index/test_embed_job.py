@@ -13,8 +13,8 @@ import pytest
 from afmrl.config import IndexConfig, RayConfig, load_config
 from afmrl.index.embed_job import (EMBEDDINGS_MANIFEST, embed_catalog, embed_rows,
                                    read_embedding_shard)
-from afmrl.index.faiss_index import VectorIndex
-from afmrl.index.sharded import ShardedIndex
+from afmrl.index.faiss_index import VectorIndex, as_ids
+from afmrl.index.sharded import ShardedIndex, files_per_shard, shard_of
 from afmrl.models.embedders import build_embedder, embed, load_embedder, save_embedder
 from afmrl.train.data import catalog_inputs
 from afmrl.utils.ray_utils import RemoteCallTimeout
@@ -39,7 +39,7 @@ def embed_sample(embedder_dir, tmp_path, rows: int = 300):
     path = tmp_path / "catalog.parquet"
     catalog.to_parquet(path)
     config = load_config(None, ["models.text_tower=tiny", "index.embed_batch_size=32",
-                                "index.embed_max_actors=2"])
+                                "index.embed_max_actors=2", "index.num_shards=3"])
     return catalog, config, embed_catalog(config, embedder_dir, path, tmp_path / "embeddings")
 
 
@@ -55,6 +55,18 @@ def test_shards_hold_every_usable_catalog_row_with_its_vector(ray_local, embedde
 
     manifest, parts = read_all(out)
     assert [len(ids) for _, ids in parts] == [shard["rows"] for shard in manifest["shards"]]
+    # split by index shard: each file holds only rows its index shard owns, all shards present
+    assert manifest["num_shards"] == 3
+    assert {shard["index_shard"] for shard in manifest["shards"]} == {0, 1, 2}
+    for shard, (_, ids) in zip(manifest["shards"], parts):
+        assert set(shard_of(as_ids(ids), 3)) == {shard["index_shard"]}
+    # so each of 3 index shards reads only its files; another shard count reads them all
+    own = files_per_shard(manifest, out, 3)
+    assert sorted(sum(own.values(), [])) == sorted(str(out / s["file"])
+                                                  for s in manifest["shards"])
+    assert all(path.startswith(str(out / f"shard={i}")) for i in own for path in own[i])
+    assert all(len(files) == len(manifest["shards"])
+               for files in files_per_shard(manifest, out, 2).values())
     vectors = np.concatenate([v for v, _ in parts])
     ids = np.concatenate([i for _, i in parts])
     wanted = catalog[(catalog["split"] == "catalog") & (catalog.index != 5)]
@@ -77,17 +89,20 @@ def test_shard_actors_build_the_index_from_the_embedding_files(ray_local, embedd
     ids = np.concatenate([i for _, i in parts])
     ray_config = RayConfig(namespace="afmrl-test-embed-job", call_timeout_s=60.0)
 
-    index = ShardedIndex.build_from_embeddings(out, IndexConfig(kind="flat", num_shards=3),
-                                               manifest["model_hash"], ray_config)
-    try:
-        assert len(index) == manifest["rows"]
-        reference = VectorIndex.build(vectors, ids, IndexConfig(kind="flat"), "m")
-        expected_scores, expected_ids = reference.search(vectors[:25], 10)
-        scores, found = index.search(vectors[:25], 10)
-        np.testing.assert_array_equal(found, expected_ids)
-        np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
-    finally:
-        index.shutdown()
+    reference = VectorIndex.build(vectors, ids, IndexConfig(kind="flat"), "m")
+    expected_scores, expected_ids = reference.search(vectors[:25], 10)
+    # 3 shards: each actor reads only the files split for it; 2: every actor reads all files
+    for num_shards in (3, 2):
+        index = ShardedIndex.build_from_embeddings(
+            out, IndexConfig(kind="flat", num_shards=num_shards), manifest["model_hash"],
+            ray_config)
+        try:
+            assert len(index) == manifest["rows"]
+            scores, found = index.search(vectors[:25], 10)
+            np.testing.assert_array_equal(found, expected_ids)
+            np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+        finally:
+            index.shutdown()
     with pytest.raises(ValueError, match="rerun the embedding job"):
         ShardedIndex.build_from_embeddings(out, IndexConfig(kind="flat"), "another-model",
                                            ray_config)
