@@ -198,13 +198,19 @@ def resolve_model_path(name: str, cache_dir: Path, seed: int, extra_texts=()) ->
     return Path(name)
 
 
+def _seed_new_weights(seed: int) -> None:
+    """Seed the global RNG right before the randomly initialised parts (heads, LoRA), after the
+    towers load: building a tower on a cache miss draws from the same RNG, so seeding earlier
+    gave the first model of a run folder other head weights than every later one."""
+    torch.manual_seed(seed)
+
+
 def build_embedder(config: ModelsConfig, cache_dir: str | Path, image_size: int = 96,
                    with_images: bool = True):
     """A fresh (untrained) embedder of the configured kind; towers come from disk only.
     ``with_images=False`` (a text-only catalog) builds the dual embedder without its image
     tower; the vlm2vec backbone is one model and keeps its vision part."""
     cache_dir = Path(cache_dir)
-    torch.manual_seed(config.seed)
     if config.embedder == "dual":
         from transformers import CLIPVisionModel
 
@@ -214,6 +220,7 @@ def build_embedder(config: ModelsConfig, cache_dir: str | Path, image_size: int 
             str(build_tiny_vision_tower(cache_dir / "tiny-vision", config.seed, image_size))) \
             if with_images else None
         text, tokenizer = _text_tower(config.text_tower, cache_dir, config.seed)
+        _seed_new_weights(config.seed)
         return DualEncoder(vision, text, tokenizer, config.embed_dim,
                            vision.config.image_size if vision is not None else None)
     from transformers import AutoModelForImageTextToText
@@ -224,6 +231,7 @@ def build_embedder(config: ModelsConfig, cache_dir: str | Path, image_size: int 
     full = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32)
     backbone = full.model
     backbone.config.text_config = full.config.text_config
+    _seed_new_weights(config.seed)
     if config.lora_rank:
         from peft import LoraConfig, get_peft_model
 

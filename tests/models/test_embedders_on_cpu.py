@@ -74,3 +74,16 @@ def test_item_text_puts_attributes_first():
     assert item_text("Arla Milk", "Fresh milk", "colour: red") == \
         "colour: red | Arla Milk | Fresh milk"
     assert item_text("", "", "") == ""
+
+
+@pytest.mark.parametrize("kind", ["dual", "vlm2vec"])
+def test_the_seed_gives_the_same_weights_whether_or_not_the_towers_were_cached(kind, tmp_path):
+    """The first build in a fresh cache makes the tiny towers (drawing from the RNG); later
+    builds load them. Every run of one config must start from the same weights regardless."""
+    config = load_config(None, [f"models.embedder={kind}", "models.text_tower=tiny",
+                                "models.lora_rank=4"]).models
+    first = build_embedder(config, tmp_path / "cache").state_dict()  # cache miss
+    second = build_embedder(config, tmp_path / "cache").state_dict()  # cache hit
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
