@@ -53,7 +53,9 @@ class RayConfig:
         "actor pools deadlock when actors fill every CPU slot. None: 2 x cores, at least 4.", None)
     namespace: str = doc("Ray namespace for named, long-lived actors (evaluator, index shards).",
                          "afmrl")
-    call_timeout_s: float = doc("Timeout of every remote actor call; a hang is a bug.", 300.0)
+    call_timeout_s: float = doc(
+        "Timeout of every remote actor call, and the longest the embedding job (Ray Data) may go "
+        "without a block moving; a hang is a bug.", 300.0)
     dashboard: bool = doc(
         "Start Ray's dashboard with a *local* cluster (127.0.0.1:8265): the UI, and the state API "
         "that `ray list actors` and Ray Train's placement-group cleaner need.", True)
