@@ -30,7 +30,8 @@ BLOCK_ROWS = 2048
 
 
 class CatalogEmbedder:
-    """One embedder actor of the pool: catalog rows in, (item_id, embedding) rows out."""
+    """One embedder actor of the pool: catalog rows in, (item_id, embedding, index shard) rows
+    out."""
 
     def __init__(self, embedder_path: str, keys: tuple[str, ...], batch_size: int,
                  num_shards: int, placement: Any) -> None:
@@ -108,7 +109,7 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
             "model_hash": fingerprint_tree(embedder_path), "dim": dim,
             "num_shards": index.num_shards, "rows": sum(s["rows"] for s in shards),
             "shards": shards})
-    log.info("embed job: %d rows in %d shards -> %s (%.1fs)", sum(s["rows"] for s in shards),
+    log.info("embed job: %d rows in %d files -> %s (%.1fs)", sum(s["rows"] for s in shards),
              len(shards), out_dir, time.perf_counter() - started)
     return out_dir
 
