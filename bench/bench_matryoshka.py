@@ -27,13 +27,11 @@ from afmrl.utils.job import parse, parser  # noqa: E402
 def prefix_rows(model, eval_set, dims: list[int], ks: list[int]) -> list[dict[str, float]]:
     """Task metrics and agreement with the full-dimension top 10, for each prefix size."""
     from afmrl.config import IndexConfig
-    from afmrl.eval.protocol import rank_by_scores, ranking_depth, score_ranking
+    from afmrl.eval.protocol import (dense_embeddings, rank_by_scores, ranking_depth,
+                                     score_ranking)
     from afmrl.index.faiss_index import prefix_transform
-    from afmrl.models.embedders import embed
 
-    gallery = embed(model, eval_set.gallery, 64)
-    queries = gallery[eval_set.query_positions] if eval_set.leave_one_out else \
-        embed(model, eval_set.queries, 64)
+    queries, gallery = dense_embeddings(model, eval_set)
     depth = ranking_depth(ks)
     rows, exact_top10 = [], None
     for dim in sorted(dims, reverse=True):  # the full dimension first: the reference

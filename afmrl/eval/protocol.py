@@ -158,11 +158,18 @@ def rank_by_scores(score_rows: Callable[[slice], np.ndarray], n_queries: int, de
     return indices, scores
 
 
-def rank_dense(model, eval_set: EvalSet, depth: int, batch_size: int = 64) -> Ranking:
-    """An embedder's ranking (inner product of its normalised embeddings)."""
+def dense_embeddings(model, eval_set: EvalSet, batch_size: int = 64
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, gallery) embeddings; leave-one-out queries are their own gallery rows."""
     gallery = embed(model, eval_set.gallery, batch_size)
     queries = gallery[eval_set.query_positions] if eval_set.leave_one_out else \
         embed(model, eval_set.queries, batch_size)
+    return queries, gallery
+
+
+def rank_dense(model, eval_set: EvalSet, depth: int, batch_size: int = 64) -> Ranking:
+    """An embedder's ranking (inner product of its normalised embeddings)."""
+    queries, gallery = dense_embeddings(model, eval_set, batch_size)
     return rank_by_scores(lambda rows: queries[rows] @ gallery.T, len(queries), depth,
                           eval_set.query_positions)
 
