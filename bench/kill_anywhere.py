@@ -5,10 +5,13 @@ that was never interrupted, and no file is ever seen half-written under its fina
         -- python jobs/build_index.py --config configs/mini.yaml run_dir={run_dir} ...
 
 The command (``{run_dir}`` is replaced by a fresh folder per trial) runs once uninterrupted: the
-reference and its duration. Then, for each seeded point t in (0, duration): a fresh folder, the
-command started, and at t either its whole process group (the driver and the Ray cluster it
-started) or, with ``--worker``, one Ray worker process whose title names that actor class
-(``ray::MapWorker(MapBatches(CatalogEmbedder))``, ``ray::IndexShard``) gets SIGKILL; the command is rerun until it exits 0. Throughout, a watcher reads every
+reference, its duration and how long each ``--worker`` class was alive (after a warm-up run,
+which must give the same artefacts). Then, for each seeded point t (in the run; for a worker,
+after it appears, within half its lifetime): a fresh folder, the command started, and at t
+either its whole process group (the driver and the Ray cluster it started) or, with
+``--worker``, one Ray worker process whose title names that actor class
+(``ray::MapWorker(MapBatches(CatalogEmbedder))``, ``ray::IndexShard``) gets SIGKILL; the
+command is rerun until it exits 0. Throughout, a watcher reads every
 file under the artefact paths whose name has no dot-prefixed part (the temporaries of
 ``afmrl.utils.io.atomic_path``); a file seen with content the reference does not have at that
 path is a partial file under its final name. At the end the trial's artefacts must equal the
@@ -44,13 +47,24 @@ def final_files(run_dir: Path, artefacts: Sequence[str], ignore: Sequence[str] =
     found = {}
     for artefact in artefacts:
         root = run_dir / artefact
-        paths = [root] if root.is_file() else root.rglob("*") if root.is_dir() else []
+        paths = [root] if root.is_file() else _walk(root)
         for path in paths:
             relative = path.relative_to(run_dir)
-            if (path.is_file() and not any(part.startswith(".") for part in relative.parts)
+            if (not any(part.startswith(".") for part in relative.parts)
                     and not any(fnmatch.fnmatch(str(relative), glob) for glob in ignore)):
                 found[str(relative)] = path
     return found
+
+
+def _walk(root: Path) -> list[Path]:
+    """Files below ``root``, skipping dot-prefixed folders (temporaries). ``os.walk`` passes
+    over a folder renamed or removed while it walks; ``Path.rglob`` raised, which ended the
+    watcher's thread at the first temporary folder that vanished under it."""
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        files += [Path(folder) / name for name in names]
+    return files
 
 
 def sha256(path: Path) -> str | None:
@@ -134,6 +148,12 @@ def descendants(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def worker_pids(pid: int, worker: str) -> list[int]:
+    """Live Ray workers below ``pid`` whose process title names the actor class ``worker``."""
+    return [child for child, line in descendants(pid)
+            if line.startswith("ray::") and worker in line.split(" ", 1)[0]]
+
+
 def kill_group(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -144,38 +164,57 @@ def kill_group(process: subprocess.Popen) -> None:
 
 def kill_at(process: subprocess.Popen, at_s: float, worker: str | None, deadline_s: float
             ) -> str:
-    """SIGKILL the driver's process group at ``at_s``, or the first ``worker`` process alive at
-    or after it; returns what was killed ("" if the job finished first)."""
+    """SIGKILL the driver's process group ``at_s`` after the start, or one ``worker`` process
+    ``at_s`` after that worker first appears (a trial's timeline shifts against the
+    reference's, so a worker moment is counted from the worker itself); returns what was
+    killed ("" if the job finished first)."""
     started = time.monotonic()
-    while time.monotonic() - started < at_s:
-        if process.poll() is not None:
-            return ""
-        time.sleep(0.01)
+
+    def wait(until) -> bool:  # False once the job has exited or the deadline passed
+        while not until():
+            if process.poll() is not None or time.monotonic() - started > deadline_s:
+                return False
+            time.sleep(0.01)
+        return True
+
     if worker is None:
-        if process.poll() is not None:
+        if not wait(lambda: time.monotonic() - started >= at_s):
             return ""
         kill_group(process)
         return "driver"
-    while process.poll() is None and time.monotonic() - started < deadline_s:
-        for pid, line in descendants(process.pid):
-            if line.startswith("ray::") and worker in line.split(" ", 1)[0]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                return f"{worker} (pid {pid})"
-        time.sleep(0.01)
+    if not wait(lambda: worker_pids(process.pid, worker)):
+        return ""
+    appeared = time.monotonic()
+    if not wait(lambda: time.monotonic() - appeared >= at_s):
+        return ""
+    for pid in worker_pids(process.pid, worker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        return f"{worker} (pid {pid})"
     return ""
 
 
-def run_to_end(command: Sequence[str], run_dir: Path, log: Path, timeout_s: float) -> int:
-    """Run the command until it exits; returns its status (the group is killed on timeout)."""
+def run_to_end(command: Sequence[str], run_dir: Path, log: Path, timeout_s: float,
+               workers: Sequence[str] = ()) -> tuple[int, float, dict[str, tuple[float, float]]]:
+    """Run the command until it exits (its group is killed on timeout): (status, seconds,
+    {worker: (first, last) second it was seen alive}). The reference run's lifetimes aim the
+    worker kills: aimed over the whole run, a kill drawn after the worker's work had ended found
+    nothing to kill."""
     process = start(command, run_dir, log)
-    try:
-        return process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_group(process)
-        return -signal.SIGKILL
+    started = time.monotonic()
+    windows: dict[str, tuple[float, float]] = {}
+    while process.poll() is None:
+        now = time.monotonic() - started
+        if now > timeout_s:
+            kill_group(process)
+            break
+        for worker in workers:
+            if worker_pids(process.pid, worker):
+                windows[worker] = (windows.get(worker, (now, now))[0], now)
+        time.sleep(0.05)
+    return process.wait(), time.monotonic() - started, windows
 
 
 def trial(command: Sequence[str], artefacts: Sequence[str], ignore: Sequence[str],
@@ -196,7 +235,7 @@ def trial(command: Sequence[str], artefacts: Sequence[str], ignore: Sequence[str
         reruns, status = 0, first_status
         while status != 0 and reruns < RERUNS:
             reruns += 1
-            status = run_to_end(command, run_dir, log, timeout_s)
+            status = run_to_end(command, run_dir, log, timeout_s)[0]
     final = hashes(run_dir, artefacts, ignore)
     differing = sorted(n for n in set(final) | set(reference) if final.get(n) != reference.get(n))
     return {"trial": name, "kill_at_s": round(at_s, 2), "killed": killed,
@@ -229,24 +268,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="afmrl-kill-"))
     work.mkdir(parents=True, exist_ok=True)
 
+    # Two uninterrupted runs: the first pays one-off costs (imports, model caches) that made it
+    # ~15% slower than later runs, so the second gives the timing; both give the artefacts,
+    # which must agree before any kill can be judged against them.
+    runs = {}
+    for name in ("warm-up", "reference"):
+        (work / name).mkdir()
+        runs[name] = run_to_end(command, work / name, work / f"{name}.log", args.timeout,
+                                args.worker)
+        if runs[name][0] != 0:
+            print(f"the uninterrupted run failed (exit {runs[name][0]}); see "
+                  f"{work / f'{name}.log'}", file=sys.stderr)
+            return 2
     reference_dir = work / "reference"
-    reference_dir.mkdir()
-    started = time.monotonic()
-    status = run_to_end(command, reference_dir, work / "reference.log", args.timeout)
-    duration = time.monotonic() - started
-    if status != 0:
-        print(f"the uninterrupted run failed (exit {status}); see {work / 'reference.log'}",
-              file=sys.stderr)
+    _, duration, windows = runs["reference"]
+    unstable = sorted(set(hashes(work / "warm-up", args.artefacts, args.ignore).items())
+                      ^ set(hashes(reference_dir, args.artefacts, args.ignore).items()))
+    if unstable:
+        print(f"two uninterrupted runs differ in {sorted({n for n, _ in unstable})}: ignore "
+              f"those files (--ignore) or make the job reproducible first", file=sys.stderr)
+        return 2
+    missing = [worker for worker in args.worker if worker not in windows]
+    if missing:
+        print(f"no {', '.join(missing)} process ran in the uninterrupted run: check the actor "
+              f"class names (`ray::<Class>` in the process titles)", file=sys.stderr)
         return 2
     reference = hashes(reference_dir, args.artefacts, args.ignore)
-    print(f"reference: {len(reference)} files in {duration:.1f}s", flush=True)
+    alive = "".join(f", {w} alive {a:.1f}-{b:.1f}s" for w, (a, b) in windows.items())
+    print(f"reference: {len(reference)} files in {duration:.1f}s{alive}", flush=True)
 
     rng = random.Random(args.seed)
     kinds = ([] if args.no_driver else [None]) + args.worker
     results = []
     for kind in kinds:
         for point in range(args.points):
-            at = rng.uniform(0.05, 0.95) * duration
+            # a worker moment counts from its appearance, over half its reference lifetime:
+            # a trial's worker may live shorter, and a later kill would find none
+            span = duration if kind is None else (windows[kind][1] - windows[kind][0]) / 2
+            at = rng.uniform(0.05, 0.95) * span
             label = kind or "driver"
             result = trial(command, args.artefacts, args.ignore, reference, at, kind, work,
                            f"{label}-{point}", args.timeout)

@@ -14,6 +14,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import kill_anywhere  # noqa: E402
 
+# A watcher thread that dies (as it did on a temporary folder vanishing mid-walk) stops
+# watching: fail the test rather than pass it with a blind watcher.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 # Writes 64 KiB to out/data.bin in two halves a moment apart, in place or via temp + rename.
 WRITER = """
 import os, sys, time
