@@ -61,10 +61,14 @@ def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
                            f"{frame.index[empty][:3].tolist()}); every row needs an id")
     duplicated = frame["item_id"][frame["item_id"].duplicated()]
     if len(duplicated):
-        raise CatalogError(
-            f"{source}: {len(duplicated)} duplicate item_id(s), e.g. "
-            f"{duplicated.head(3).tolist()}; item ids must be unique")
+        raise duplicate_ids_error(source, len(duplicated), duplicated.head(3).tolist())
     return frame
+
+
+def duplicate_ids_error(source: str, count: int, examples: list[str]) -> CatalogError:
+    """The one message for repeated ids, whether found in a frame or across a Ray Dataset."""
+    return CatalogError(f"{source}: {count} duplicate item_id(s), e.g. {examples}; item ids "
+                        f"must be unique")
 
 
 def row_error(title: str, image_uri: str, check_images: bool) -> str:

@@ -4,9 +4,11 @@ import json
 import pandas as pd
 import pytest
 
-from afmrl.data import CatalogError, grocery_catalog, pricerunner_catalog, read_catalog_file
+from afmrl.config import DataConfig
+from afmrl.data import (CatalogError, grocery_catalog, load_catalog, pricerunner_catalog,
+                        read_catalog_file)
 from afmrl.data.images import ImageError, decode_image, load_image
-from afmrl.data.catalogs import PRICERUNNER_SPLIT, cluster_split
+from afmrl.data.catalogs import PRICERUNNER_SPLIT, cluster_split, duplicate_ids
 from afmrl.data.schema import CATALOG_COLUMNS, validate_catalog
 
 
@@ -138,6 +140,27 @@ def test_read_catalog_file_errors(tmp_path, ray_local):
     _frame(item_id=["a", "a"]).to_csv(dup, index=False)
     with pytest.raises(CatalogError, match="duplicate item_id"):
         read_catalog_file(dup)
+
+
+def test_duplicate_ids_are_counted_across_blocks(ray_local):
+    import ray.data
+
+    ids = [f"i{k}" for k in range(40)] + ["i3", "i3", "i39"]  # repeats land in other blocks
+    frame = pd.DataFrame({"item_id": ids, "group_id": range(len(ids)), "title": "x"})
+    count, examples = duplicate_ids(ray.data.from_pandas(frame).repartition(4))
+    assert count == 3 and sorted(examples) == ["i3", "i39"]
+    unique = ray.data.from_pandas(frame.iloc[:40]).repartition(4)
+    assert duplicate_ids(unique) == (0, [])
+
+
+def test_load_catalog_names_the_file_with_duplicate_ids(tmp_path, ray_local):
+    path = tmp_path / "shop.csv"
+    pd.DataFrame({"item_id": [7, 8, 7], "group_id": [1, 2, 3], "title": ["a", "b", "c"]}
+                 ).to_csv(path, index=False)
+    with pytest.raises(CatalogError, match=rf"{path}: 1 duplicate item_id\(s\), e.g. \['7'\]"):
+        load_catalog(DataConfig(catalog=str(path)))
+    with pytest.raises(CatalogError, match=rf"{path}: 1 duplicate item_id\(s\), e.g. \['7'\]"):
+        read_catalog_file(path)
 
 
 def test_images_are_resized_and_bad_ones_named(tmp_path, mini_catalog):
