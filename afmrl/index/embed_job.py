@@ -24,8 +24,10 @@ from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
 
 log = logging.getLogger("afmrl")
 EMBEDDINGS_MANIFEST = "manifest.json"
-# Rows per Ray Data batch; each actor call embeds them in model batches of
-# index.embed_batch_size (fewer, larger blocks: less per-block scheduling).
+# Rows per Ray Data block and batch; each actor call embeds them in model batches of
+# index.embed_batch_size. Blocks are cut to this size before the pool: a catalog file is read as
+# a few large blocks, and an actor's output leaves only when its block is done, so a 10^6-row
+# file kept one actor busy per block and moved nothing for longer than the stall deadline.
 BLOCK_ROWS = 2048
 
 
@@ -86,7 +88,7 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     placement = catalog_embedders(config)
     index = config.index
     started = time.perf_counter()
-    embedded = dataset.map_batches(
+    embedded = dataset.repartition(target_num_rows_per_block=BLOCK_ROWS).map_batches(
         CatalogEmbedder, batch_format="pandas", batch_size=BLOCK_ROWS,
         compute=ray.data.ActorPoolStrategy(min_size=index.embed_min_actors,
                                            max_size=index.embed_max_actors),

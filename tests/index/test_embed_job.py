@@ -79,6 +79,28 @@ def test_shards_hold_every_usable_catalog_row_with_its_vector(ray_local, embedde
     np.testing.assert_allclose(vectors, expected[[order[i] for i in ids]], atol=1e-5)
 
 
+def test_a_catalog_read_as_one_block_is_embedded_in_blocks_of_block_rows(
+        ray_local, embedder_dir, tmp_path, monkeypatch):
+    """A Parquet file of one row group is read as one block. Cut before the actor pool, it
+    reaches the actors in blocks of BLOCK_ROWS: each is written as soon as it is embedded (so
+    the stall deadline sees progress) and the blocks spread over the pool."""
+    from afmrl.index import embed_job
+
+    monkeypatch.setattr(embed_job, "BLOCK_ROWS", 64)  # the cut, at a test's size
+    BLOCK_ROWS = embed_job.BLOCK_ROWS
+    rows = 2 * BLOCK_ROWS + 10
+    catalog = pd.DataFrame({"item_id": [f"i{i}" for i in range(rows)], "group_id": range(rows),
+                            "title": [f"item {i}" for i in range(rows)]})
+    path = tmp_path / "one_block.parquet"
+    catalog.to_parquet(path, row_group_size=rows)
+    config = load_config(None, ["models.text_tower=tiny", "index.embed_max_actors=2",
+                                "index.num_shards=1"])
+    manifest, parts = read_all(embed_catalog(config, embedder_dir, path, tmp_path / "out"))
+    assert manifest["rows"] == rows
+    assert len(manifest["shards"]) >= 3 and max(s["rows"] for s in manifest["shards"]) \
+        <= BLOCK_ROWS, manifest["shards"]
+
+
 def test_shard_actors_build_the_index_from_the_embedding_files(ray_local, embedder_dir,
                                                                tmp_path):
     """Each shard actor reads the files and keeps its own rows: together they hold every row
