@@ -14,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray's own metrics threads (OpenTelemetry export) crashed an actor with SIGSEGV in one CI proof
+# (ray-project/ray #22981, #36885 are older ones); no test reads Ray's metrics, so test clusters
+# and the jobs they start collect none.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
 from afmrl.config import DEFAULT_SHARED_DATA  # noqa: E402
 
