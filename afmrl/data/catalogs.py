@@ -180,7 +180,7 @@ def load_catalog(config: DataConfig) -> pd.DataFrame:
     elif config.catalog == "pricerunner":
         frame = pricerunner_catalog(config.root, config.split_seed)
     else:
-        # The frame is in the driver anyway: its ids are checked there, without a group-by job.
+        # The frame is in the driver anyway: conform checks its ids there, with no hashing pass.
         path = Path(config.catalog)
         frame = conform(_validated(_raw_rows(path), path, True).to_pandas(), str(path))
     if config.max_groups:  # a seeded sample of whole products (keeps every split's protocol)

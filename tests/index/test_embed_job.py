@@ -95,7 +95,7 @@ def test_a_catalog_read_as_one_block_is_embedded_in_blocks_of_block_rows(
     catalog.to_parquet(path, row_group_size=rows)
     config = load_config(None, ["models.text_tower=tiny", "index.embed_max_actors=2",
                                 "index.num_shards=1"])
-    manifest, parts = read_all(embed_catalog(config, embedder_dir, path, tmp_path / "out"))
+    manifest, _ = read_all(embed_catalog(config, embedder_dir, path, tmp_path / "out"))
     assert manifest["rows"] == rows
     assert len(manifest["shards"]) >= 3 and max(s["rows"] for s in manifest["shards"]) \
         <= BLOCK_ROWS, manifest["shards"]
