@@ -150,6 +150,7 @@ class CatalogWorkload:
         self.prefix = prefix
         self.write_every = write_every
         self.lock = threading.Lock()
+        self.sent_puts: set[str] = set()  # every item a PUT was sent for, answered or not
         self.acked_puts: dict[str, str] = {}  # item id -> title, PUT answered 2xx
         self.deletable: list[str] = []
         self.acked_deletes: set[str] = set()
@@ -164,6 +165,8 @@ class CatalogWorkload:
         if victim is not None:
             return "delete", "DELETE", f"/items/{victim}", {}
         item = f"{self.prefix}/{n}"
+        with self.lock:
+            self.sent_puts.add(item)
         return "put", "PUT", f"/items/{item}", {"json": {"title": f"load item {n}"}}
 
     def answered(self, outcome: Outcome) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
+CARD = re.compile(r'<article class="result" data-item-id="([^"]+)">(.*?)</article>', re.S)
+
 
 @pytest.fixture
 def chromium() -> str:
@@ -36,16 +38,36 @@ def test_a_query_renders_result_cards(chromium, live_app, tmp_path):
     expected = requests.post(f"{live_app.url}/search", json={"text": "apple juice", "k": 5},
                              timeout=60).json()["hits"]
     dom = rendered_dom(chromium, f"{live_app.url}/?q=apple+juice&k=5", tmp_path)
-    cards = re.findall(r'<article class="result" data-item-id="([^"]+)">(.*?)</article>', dom,
-                       re.S)
+    cards = CARD.findall(dom)
     assert [item_id for item_id, _ in cards] == [hit["item_id"] for hit in expected]
+    assert any(hit["image_url"] for hit in expected) and any(hit["attributes"] for hit in expected)
     for (_, card), hit in zip(cards, expected):
-        assert f'<img alt="{hit["title"]}" src="{hit["image_url"]}">' in card
-        assert f"<h3>{hit['title'] or hit['item_id']}</h3>" in card
-        assert hit["attributes"], "the sample index items carry teacher attributes"
+        label = hit["title"] or hit["item_id"]
+        if hit["image_url"]:
+            assert f'<img alt="{label}" src="{hit["image_url"]}">' in card
+        else:
+            assert "<img" not in card, card
+        assert f"<h3>{label}</h3>" in card
         for key, value in hit["attributes"].items():  # (each <li> is a click-to-filter)
             assert re.search(rf"<li[^>]*>{re.escape(f'{key}: {value}')}</li>", card), (key, card)
     assert re.search(r'<div id="status" role="status"[^>]*>5 results in \d+ ms', dom)
+
+
+def test_a_text_only_hit_gets_a_card_without_an_image(chromium, live_app, tmp_path):
+    """A catalog item without a photo renders title and attributes, and no empty image box."""
+    item_id, title = "test/text-only-cordial", "Elderflower cordial text only"
+    put = requests.put(f"{live_app.url}/items/{item_id}", timeout=60,
+                       json={"title": title, "attributes": {"flavour": "elderflower"}})
+    assert put.status_code == 201, put.text
+    try:
+        dom = rendered_dom(chromium, f"{live_app.url}/?q=elderflower+cordial&k=5", tmp_path)
+    finally:
+        requests.delete(f"{live_app.url}/items/{item_id}", timeout=60)
+    cards = dict(CARD.findall(dom))
+    assert f"<h3>{title}</h3>" in cards[item_id]
+    assert re.search(r"<li[^>]*>flavour: elderflower</li>", cards[item_id])
+    assert "<img" not in cards[item_id]
+    assert any("<img" in card for card in cards.values())  # the others keep their photos
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: the serve fixture's generator is untrained and, under the extraction JSON schema with extract.max_tokens=16, always writes {}; so there are no query attributes to render. Needs a briefly distilled fixture generator with a longer token budget (slower enrichment on every serve test)")
@@ -65,8 +87,7 @@ def test_cards_explain_why_and_show_the_generated_query_attributes(chromium, liv
     understood = re.search(r'<div id="understood">(.*?)</div>', dom, re.S).group(1)
     for key, value in body["query_attributes"].items():
         assert f"<span>{key}: {value}</span>" in understood
-    cards = re.findall(r'<article class="result" data-item-id="([^"]+)">(.*?)</article>', dom,
-                       re.S)
+    cards = CARD.findall(dom)
     assert [item_id for item_id, _ in cards] == [hit["item_id"] for hit in body["hits"]]
     for (_, card), hit in zip(cards, body["hits"]):
         assert "<summary>why this result</summary>" in card
