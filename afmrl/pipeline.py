@@ -177,8 +177,8 @@ class Pipeline:
         """The evaluation table on the ``test`` split for every model the run produced (the
         paper's ablation shape: untrained, plain InfoNCE, AGCL, AGCL + RAR attributes, CIT)
         next to the text baselines; None before any embedder is trained."""
-        from afmrl.eval.run import labelled_eval_set, trained, untrained_embedder
-        from afmrl.eval.table import EvalTable
+        from afmrl.eval.run import add_dense, labelled_eval_set, trained, untrained_embedder
+        from afmrl.eval.table import ZERO_SHOT, EvalTable
         from afmrl.models.embedders import load_embedder
 
         if not any(trained(self.layout, tag) for tag in ("infonce", "agcl", "cit")):
@@ -193,12 +193,15 @@ class Pipeline:
         except ValueError as error:  # e.g. a catalog without test rows
             table.notes.append(f"no test evaluation: {error}")
             return table
-        table.add_baselines(first, untrained_embedder(self.config, first))
+        table.add_baselines(first)
+        add_dense(self.config, table, ZERO_SHOT, untrained_embedder(self.config, first), None,
+                  first)
         for tag, name, eval_set in (("infonce", "infonce", first), ("agcl", "agcl", first),
                                     ("agcl", "agcl_rar_attributes", relabelled if has["rar"]
                                      else None), ("cit", "cit", relabelled)):
             if eval_set is not None and trained(self.layout, tag):
-                table.add_model(name, load_embedder(self.layout.embedder(tag)), eval_set)
+                embedder = self.layout.embedder(tag)
+                add_dense(self.config, table, name, load_embedder(embedder), embedder, eval_set)
         return table
 
 

@@ -52,6 +52,8 @@ class EvalSet:
     query_item_ids: list[str] = field(default_factory=list)
     coarse_names: dict[int, str] = field(default_factory=dict)
     split: str = "test"
+    # The gallery's catalog rows, for the embedding job (``afmrl.eval.run.gallery_embeddings``)
+    gallery_rows: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def leave_one_out(self) -> bool:
@@ -126,7 +128,7 @@ def build_eval_set(catalog: pd.DataFrame, split: str, keys: Sequence[str],
         query_positions=positions, query_item_ids=query_rows["item_id"].tolist(),
         coarse_names={int(i): str(n) for i, n in zip(coarse["coarse_group_id"],
                                                       coarse["coarse_group"])},
-        split=split)
+        split=split, gallery_rows=gallery)
 
 
 # -- ranking ------------------------------------------------------------------------------------
@@ -158,18 +160,21 @@ def rank_by_scores(score_rows: Callable[[slice], np.ndarray], n_queries: int, de
     return indices, scores
 
 
-def dense_embeddings(model, eval_set: EvalSet, batch_size: int = 64
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, gallery) embeddings; leave-one-out queries are their own gallery rows."""
-    gallery = embed(model, eval_set.gallery, batch_size)
+def dense_embeddings(model, eval_set: EvalSet, batch_size: int = 64,
+                     gallery: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, gallery) embeddings; leave-one-out queries are their own gallery rows.
+    ``gallery``: its embeddings computed elsewhere (the embedding job), in gallery order."""
+    if gallery is None:
+        gallery = embed(model, eval_set.gallery, batch_size)
     queries = gallery[eval_set.query_positions] if eval_set.leave_one_out else \
         embed(model, eval_set.queries, batch_size)
     return queries, gallery
 
 
-def rank_dense(model, eval_set: EvalSet, depth: int, batch_size: int = 64) -> Ranking:
+def rank_dense(model, eval_set: EvalSet, depth: int, batch_size: int = 64,
+               gallery: np.ndarray | None = None) -> Ranking:
     """An embedder's ranking (inner product of its normalised embeddings)."""
-    queries, gallery = dense_embeddings(model, eval_set, batch_size)
+    queries, gallery = dense_embeddings(model, eval_set, batch_size, gallery)
     return rank_by_scores(lambda rows: queries[rows] @ gallery.T, len(queries), depth,
                           eval_set.query_positions)
 

@@ -3,8 +3,10 @@ table share (which attributes label the catalog, which embedder is the latest, t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from afmrl.config import AfmrlConfig
@@ -58,6 +60,35 @@ def untrained_embedder(config: AfmrlConfig, eval_set: EvalSet):
                           has_images(eval_set.queries) or has_images(eval_set.gallery))
 
 
+def gallery_embeddings(config: AfmrlConfig, model, embedder: Path | None,
+                       eval_set: EvalSet) -> np.ndarray | None:
+    """The gallery's embeddings from the Ray Data embedding job (the index stage's actor
+    pool) when it has at least ``eval.embed_job_min_rows`` rows, else None: the caller embeds
+    it in process. ``embedder`` is where ``model`` was loaded from; None (the zero-shot
+    baseline, built in memory) saves it under the run for the job's actors to load."""
+    from afmrl.index.embed_job import embed_frame, embeddings_in_order
+    from afmrl.models.embedders import save_embedder
+
+    if len(eval_set.gallery) < config.eval.embed_job_min_rows:
+        return None
+    work = RunLayout.of(config).root / "eval" / ".embedding-job"
+    shutil.rmtree(work, ignore_errors=True)  # a killed evaluation's leftovers
+    try:
+        if embedder is None:
+            embedder = save_embedder(model, work / "zero-shot-embedder")
+        folder = embed_frame(config, embedder, eval_set.gallery_rows, work / "embeddings",
+                             f"the '{eval_set.split}' evaluation gallery")
+        return embeddings_in_order(folder, eval_set.gallery_item_ids)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def add_dense(config: AfmrlConfig, table: EvalTable, system: str, model, embedder: Path | None,
+              eval_set: EvalSet) -> None:
+    """``system``'s row: ``model`` ranks ``eval_set``, its gallery embedded by the job if large."""
+    table.add_model(system, model, eval_set, gallery_embeddings(config, model, embedder, eval_set))
+
+
 def system_name(embedder: Path) -> str:
     """'runs/x/train/agcl/embedder' -> 'agcl'."""
     return embedder.parent.name if embedder.name == "embedder" else embedder.name
@@ -77,12 +108,14 @@ def evaluate_catalog(config: AfmrlConfig, split: str, embedder: Path | None, bas
     table = EvalTable(split, tuple(config.eval.ks))
     if tag is None:
         table.notes.append("no generated attributes: items and queries as the catalog has them")
-    models = {ZERO_SHOT: untrained_embedder(config, eval_set)} if baselines else {}
+    models = {}  # system -> (model, the folder it was loaded from; None: built in memory)
     if baselines:
-        table.add_baselines(eval_set, models[ZERO_SHOT])
+        table.add_baselines(eval_set)
+        models[ZERO_SHOT] = (untrained_embedder(config, eval_set), None)
     if embedder is not None:
-        models[system_name(embedder)] = load_embedder(embedder)
-        table.add_model(system_name(embedder), models[system_name(embedder)], eval_set)
+        models[system_name(embedder)] = (load_embedder(embedder), embedder)
+    for system, (model, folder) in models.items():
+        add_dense(config, table, system, model, folder, eval_set)
     if "lexical" in table.rankings:
         tuned = add_hybrid_rows(config, catalog, tag, table, eval_set, models)
         if embedder is not None and system_name(embedder) in tuned:
@@ -105,7 +138,8 @@ def add_hybrid_rows(config: AfmrlConfig, catalog: pd.DataFrame, tag: str | None,
                     table: EvalTable, eval_set, models: dict) -> dict[str, tuple]:
     """``<model>+lexical`` rows: each model's dense ranking fused with the lexical one, the
     fusion tuned on the catalog's ``val`` split when it has one (else ``retrieval.*``).
-    Returns ``{model: (fusion, sweep)}`` of the tuned ones."""
+    ``models``: {system: (model, the folder it was loaded from or None)}. Returns
+    ``{system: (fusion, sweep)}`` of the tuned ones."""
     from afmrl.eval.protocol import rank_dense, rank_hybrid, rank_lexical, tune_hybrid
     from afmrl.index.fusion import describe
 
@@ -114,11 +148,13 @@ def add_hybrid_rows(config: AfmrlConfig, catalog: pd.DataFrame, tag: str | None,
     val_set = labelled_eval_set(config, catalog, "val", tag) if has_val else None
     val_lexical = rank_lexical(val_set, depth) if has_val else None
     tuned = {}
-    for name, model in models.items():
+    for name, (model, folder) in models.items():
         fusion, where = config.retrieval, "retrieval.* defaults (no val split)"
         if has_val:
-            fusion, sweep = tune_hybrid(val_set, rank_dense(model, val_set, depth), val_lexical,
-                                        table.ks, config.retrieval)
+            val_dense = rank_dense(model, val_set, depth,
+                                   gallery=gallery_embeddings(config, model, folder, val_set))
+            fusion, sweep = tune_hybrid(val_set, val_dense, val_lexical, table.ks,
+                                        config.retrieval)
             tuned[name] = (fusion, sweep)
             where = "tuned on val"
         table.add(f"{name}+lexical", eval_set,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from afmrl.eval.protocol import (PHOTO_QUERIES_R1, TEXT_QUERIES_R1, WITHIN_GROUP_R1, EvalSet,
                                  Ranking, rank_bm25, rank_dense, rank_lexical, rank_tfidf,
                                  ranking_depth, score_by_group, score_ranking)
@@ -43,20 +45,20 @@ class EvalTable:
         self.groups[system] = score_by_group(eval_set, ranking, self.ks)
         return row
 
-    def add_model(self, system: str, model, eval_set: EvalSet) -> dict[str, Any]:
-        return self.add(system, eval_set, rank_dense(model, eval_set, ranking_depth(self.ks)))
+    def add_model(self, system: str, model, eval_set: EvalSet,
+                  gallery: np.ndarray | None = None) -> dict[str, Any]:
+        """``gallery``: the gallery's embeddings if already computed (the embedding job)."""
+        return self.add(system, eval_set, rank_dense(model, eval_set, ranking_depth(self.ks),
+                                                     gallery=gallery))
 
-    def add_baselines(self, eval_set: EvalSet, zero_shot_model=None) -> None:
-        """The text baselines (skipped with a note on an image-only catalog) and the untrained
-        embedder."""
+    def add_baselines(self, eval_set: EvalSet) -> None:
+        """The text baselines (skipped with a note on an image-only catalog)."""
         if eval_set.has_text:
             for name, rank in TEXT_BASELINES.items():
                 self.add(name, eval_set, rank(eval_set, ranking_depth(self.ks)))
         else:
             self.notes.append(f"text baselines ({', '.join(TEXT_BASELINES)}) skipped: the "
                               f"'{self.split}' queries or the gallery have no text (image-only)")
-        if zero_shot_model is not None:
-            self.add_model(ZERO_SHOT, zero_shot_model, eval_set)
 
     def columns(self) -> list[str]:
         present = {key for row in self.rows for key in row}

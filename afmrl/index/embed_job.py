@@ -116,6 +116,42 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     return out_dir
 
 
+def embed_frame(config: AfmrlConfig, embedder_path: str | Path, frame: pd.DataFrame,
+                out_dir: str | Path, source: str) -> Path:
+    """Embed validated catalog rows held in memory (a stage's gallery) with the embedding job
+    into ``out_dir``; ``source`` names them in the manifest."""
+    import ray.data
+
+    from afmrl.data.schema import CATALOG_COLUMNS
+    from afmrl.utils.device import catalog_embedders
+    from afmrl.utils.ray_utils import preflight
+
+    preflight([catalog_embedders(config)], f"the embedding job for {source}")
+    frame = frame[[c for c in CATALOG_COLUMNS if c in frame]]
+    # Blocks of the job's batch size, so a pool of several embedders shares the rows.
+    rows = ray.data.from_pandas([frame.iloc[i:i + BLOCK_ROWS]
+                                 for i in range(0, len(frame), BLOCK_ROWS)] or [frame])
+    return embed_rows(config, embedder_path, rows, out_dir, {"catalog": source})
+
+
+def embeddings_in_order(folder: str | Path, item_ids: list[str]) -> np.ndarray:
+    """The job's embeddings of ``item_ids`` as float32 (n, dim), in that order (the job writes
+    rows by index shard, in no set order)."""
+    import json
+
+    folder = Path(folder)
+    shards = json.loads((folder / EMBEDDINGS_MANIFEST).read_text())["shards"]
+    parts = [read_embedding_shard(folder / s["file"]) for s in shards if s["rows"]]
+    if not parts:
+        raise ValueError(f"{folder}: the embedding job wrote no rows")
+    order = pd.Index(np.concatenate([ids for _, ids in parts])).get_indexer(
+        [str(i) for i in item_ids])
+    if (order < 0).any():
+        raise ValueError(f"{folder}: {int((order < 0).sum())} of {len(item_ids)} item ids have "
+                         f"no embedding")
+    return np.concatenate([vectors for vectors, _ in parts])[order]
+
+
 def _dim_of(folder: Path, shards: list[dict[str, Any]]) -> int | None:
     """The embedding dimension from the first non-empty shard's schema: Ray's tensor type
     records the vector shape (None: no rows). Reading the column instead brought a whole shard

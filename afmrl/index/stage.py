@@ -27,30 +27,20 @@ def build_catalog_index(config: AfmrlConfig, embedder_path: Path, catalog: pd.Da
     """Embed every usable catalog item (split 'catalog') with the embedding job (Ray Data over
     an embedder actor pool on the device ``models.inference_gpus`` asks for) and save the
     sharded index, each shard built by its actor from the embedding files."""
-    import ray.data
-
-    from afmrl.data.schema import CATALOG_COLUMNS
-    from afmrl.index.embed_job import BLOCK_ROWS, EMBEDDINGS_MANIFEST, embed_rows
+    from afmrl.index.embed_job import EMBEDDINGS_MANIFEST, embed_frame
     from afmrl.index.lexical import build_catalog_lexical
     from afmrl.index.sharded import ShardedIndex
     from afmrl.train.data import usable
-    from afmrl.utils.device import catalog_embedders
-    from afmrl.utils.ray_utils import preflight
 
     gallery = usable(catalog)
     gallery = gallery[gallery["split"] == "catalog"].reset_index(drop=True)
-    preflight([catalog_embedders(config)], "the index-stage embedding job")
     started = time.perf_counter()
     # The embeddings sit beside the index and go once it is saved; a killed run leaves them
     # for the rerun to replace.
     work = out_dir.with_name(f".{out_dir.name}.work")
     shutil.rmtree(work, ignore_errors=True)
-    frame = gallery[[c for c in CATALOG_COLUMNS if c in gallery]]
-    # Blocks of the job's batch size, so a pool of several embedders shares the gallery.
-    rows = ray.data.from_pandas([frame.iloc[i:i + BLOCK_ROWS]
-                                 for i in range(0, len(frame), BLOCK_ROWS)] or [frame])
-    embeddings = embed_rows(config, embedder_path, rows, work / "embeddings",
-                            {"catalog": "the index stage's gallery", "split": "catalog"})
+    embeddings = embed_frame(config, embedder_path, gallery, work / "embeddings",
+                             "the index stage's gallery")
     embedded = json.loads((embeddings / EMBEDDINGS_MANIFEST).read_text())
     model_hash = embedded["model_hash"]
     index = ShardedIndex.build_from_embeddings(embeddings, config.index, model_hash, config.ray)
