@@ -297,10 +297,11 @@ class EvalConfig:
     ks: tuple[int, ...] = doc("Cut-offs reported as recall_at_K / map_at_K.", (1, 5, 10))
     num_evaluators: int = doc("RecallEvaluator actors (queries are split across them).", 1)
     embed_job_min_rows: int = doc(
-        "Galleries of at least this many rows are embedded by the Ray Data embedding job (the "
-        "index stage's actor pool, index.embed_*: GPU actors on a cluster); smaller ones in "
-        "the evaluating process, where the job's start-up (tens of seconds) would cost more "
-        "than it saves. 0 = always the job.", 50_000)
+        "Evaluation galleries (afmrl eval, the results table, the RL reward's) of at least "
+        "this many rows are embedded by the Ray Data embedding job (the index stage's actor "
+        "pool, index.embed_*: GPU actors on a cluster); smaller ones in one process, where the "
+        "job's start-up (tens of seconds) would cost more than it saves. 0 = always the job.",
+        50_000)
 
     def __post_init__(self) -> None:
         _require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "eval.ks must be >= 1")

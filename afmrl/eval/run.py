@@ -3,7 +3,7 @@ table share (which attributes label the catalog, which embedder is the latest, t
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,21 +66,20 @@ def gallery_embeddings(config: AfmrlConfig, model, embedder: Path | None,
     pool) when it has at least ``eval.embed_job_min_rows`` rows, else None: the caller embeds
     it in process. ``embedder`` is where ``model`` was loaded from; None (the zero-shot
     baseline, built in memory) saves it under the run for the job's actors to load."""
-    from afmrl.index.embed_job import embed_frame, embeddings_in_order
+    from afmrl.index.embed_job import embed_in_order
     from afmrl.models.embedders import save_embedder
 
     if len(eval_set.gallery) < config.eval.embed_job_min_rows:
         return None
-    work = RunLayout.of(config).root / "eval" / ".embedding-job"
-    shutil.rmtree(work, ignore_errors=True)  # a killed evaluation's leftovers
-    try:
-        if embedder is None:
-            embedder = save_embedder(model, work / "zero-shot-embedder")
-        folder = embed_frame(config, embedder, eval_set.gallery_rows, work / "embeddings",
-                             f"the '{eval_set.split}' evaluation gallery")
-        return embeddings_in_order(folder, eval_set.gallery_item_ids)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    root = RunLayout.of(config).root / "eval"
+    root.mkdir(parents=True, exist_ok=True)
+    source = f"the '{eval_set.split}' evaluation gallery"
+    if embedder is not None:
+        return embed_in_order(config, embedder, eval_set.gallery_rows, root / ".embedding-job",
+                              source)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".zero-shot-") as saved:
+        return embed_in_order(config, save_embedder(model, Path(saved) / "embedder"),
+                              eval_set.gallery_rows, root / ".embedding-job", source)
 
 
 def add_dense(config: AfmrlConfig, table: EvalTable, system: str, model, embedder: Path | None,

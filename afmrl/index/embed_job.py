@@ -134,6 +134,21 @@ def embed_frame(config: AfmrlConfig, embedder_path: str | Path, frame: pd.DataFr
     return embed_rows(config, embedder_path, rows, out_dir, {"catalog": source})
 
 
+def embed_in_order(config: AfmrlConfig, embedder_path: str | Path, frame: pd.DataFrame,
+                   work: Path, source: str) -> np.ndarray:
+    """``frame``'s embeddings (float32, one row per row of ``frame``, in its order) by the
+    embedding job, for a consumer that needs the vectors in memory (an evaluation or the RL
+    reward's gallery). The job's files go under ``work``, removed afterwards."""
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # a killed run's leftovers
+    try:
+        folder = embed_frame(config, embedder_path, frame, work / "embeddings", source)
+        return embeddings_in_order(folder, frame["item_id"].astype(str).tolist())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def embeddings_in_order(folder: str | Path, item_ids: list[str]) -> np.ndarray:
     """The job's embeddings of ``item_ids`` as float32 (n, dim), in that order (the job writes
     rows by index shard, in no set order)."""

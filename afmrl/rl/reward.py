@@ -5,7 +5,7 @@ ranks never hold the embedder:
 
 - ``EmbedderActor``: the frozen stage-1 embedder in its own Ray process;
 - ``RecallEvaluator`` (``afmrl.index``): named actors holding the catalog gallery, embedded once
-  as ``item_text(title, text, attribute_text(attributes))`` + the catalog image.
+  as in AGCL (``catalog_inputs``: title, text and the generated attributes, + the catalog image).
 
 For each completion: output that does not parse into the attribute schema earns
 ``rl.malformed_penalty``; otherwise the query ``EmbedInput(attribute_text(values), photo)`` is
@@ -20,6 +20,7 @@ covers every product.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import defaultdict
@@ -33,8 +34,11 @@ import ray
 
 from afmrl.config import AfmrlConfig, EvalConfig, IndexConfig, RLConfig, replace
 from afmrl.extract.schema import attribute_text, parse_attributes
+from afmrl.index.embed_job import embed_in_order
 from afmrl.index.evaluator import HybridGallery, RecallEvaluator
-from afmrl.models.embedders import EmbedInput, embed, item_text, load_embedder
+from afmrl.layout import RunLayout
+from afmrl.models.embedders import EmbedInput, embed, load_embedder
+from afmrl.train.data import catalog_inputs
 from afmrl.utils.device import (Placement, recall_evaluators, reward_embedder,
                                  torch_device)
 from afmrl.utils.ray_utils import get_with_timeout, kill_actors
@@ -91,24 +95,24 @@ def uniform_groups(rewards: Sequence[float], group_keys: Sequence[Any]) -> list[
             if len(members) > 1 and np.ptp([rewards[i] for i in members]) == 0]
 
 
-def gallery_inputs(catalog: pd.DataFrame, attributes: Mapping[str, str], keys: Sequence[str]
-                   ) -> tuple[list[EmbedInput], np.ndarray]:
-    """Catalog items as the embedder saw them in AGCL: attributes + title + text, and the image."""
+def reward_gallery(catalog: pd.DataFrame, attributes: Mapping[str, str], keys: Sequence[str]
+                   ) -> pd.DataFrame:
+    """The usable catalog items, labelled with the generator's ``attributes`` (item id ->
+    JSON): embedded as in AGCL, ``catalog_inputs`` (attributes + title + text, the image)."""
     gallery = catalog[(catalog["split"] == "catalog") & (catalog["error"] == "")]
     if gallery.empty:
         raise ValueError("the catalog has no usable 'catalog' rows to build the reward gallery")
-    labelled = gallery["item_id"].map(lambda i: bool(attribute_text(attributes.get(i), keys)))
-    if not labelled.any():
+    labels = [attribute_text(attributes.get(i), keys) for i in gallery["item_id"]]
+    if not any(labels):
         raise ValueError("no catalog item has extracted attributes; run `afmrl extract` with "
                          "'catalog' in extract.splits first")
-    if not labelled.all():
+    if not all(labels):
         log.warning("reward gallery: %d of %d catalog items have no attributes",
-                    int((~labelled).sum()), len(gallery))
-    inputs = [EmbedInput(text=item_text(row.title, row.text,
-                                        attribute_text(attributes.get(row.item_id), keys)),
-                         image=row.image_uri or None)
-              for row in gallery.itertuples()]
-    return inputs, gallery["group_id"].to_numpy()
+                    sum(not label for label in labels), len(gallery))
+    # One type for the column (Arrow, in the embedding job): the JSON text attribute_text reads.
+    as_json = [json.dumps(a) if isinstance(a, Mapping) else a or ""
+               for a in map(attributes.get, gallery["item_id"])]
+    return gallery.assign(attributes=as_json)
 
 
 def completion_text(completion: str | list[dict[str, Any]]) -> str:
@@ -140,18 +144,26 @@ class RecallReward:
     @classmethod
     def start(cls, config: AfmrlConfig, embedder_path: str | Path, catalog: pd.DataFrame,
               attributes: Mapping[str, str], name: str = "rar-reward") -> "RecallReward":
-        """Start the embedder actor, embed the gallery once, start the evaluator group ``name``.
+        """Start the embedder actor, embed the gallery once (by the embedding job from
+        ``eval.embed_job_min_rows`` rows), start the evaluator group ``name``.
 
         Every remote call (here and per batch) is bounded by ``rl.reward_timeout_s``.
         """
         rl, keys = config.rl, config.extract.attribute_keys
+        rows = reward_gallery(catalog, attributes, keys)
+        inputs, products = catalog_inputs(rows, keys), rows["group_id"].to_numpy()
+        gallery = None
+        if len(rows) >= config.eval.embed_job_min_rows:  # before the actor takes its device
+            gallery = embed_in_order(config, embedder_path, rows,
+                                     RunLayout.of(config).rar / ".embedding-job",
+                                     "the RL reward gallery")
         placement = reward_embedder(config)
         embedder = EmbedderActor.options(**placement.ray_options()).remote(str(embedder_path),
                                                                           placement)
         try:
-            inputs, products = gallery_inputs(catalog, attributes, keys)
-            gallery = get_with_timeout(embedder.embed.remote(inputs), rl.reward_timeout_s,
-                                       "embedding the reward gallery")
+            if gallery is None:
+                gallery = get_with_timeout(embedder.embed.remote(inputs), rl.reward_timeout_s,
+                                           "embedding the reward gallery")
             depth = max(rl.recall_k, min(len(products), RANK_DEPTH))
             hybrid = HybridGallery(tuple(i.text for i in inputs), config.retrieval) \
                 if rl.reward_retrieval == "hybrid" else None
