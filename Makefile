@@ -15,7 +15,7 @@ demo: install
 	$(PY) -m afmrl.cli pipeline --config configs/demo.yaml
 
 test: install
-	$(PY) -m pytest -q -rs --durations=15 tests
+	$(PY) -m pytest -q -rs --durations=40 tests
 
 test-fast: install
 	$(PY) -m pytest -q -rs tests -m "not slow"
