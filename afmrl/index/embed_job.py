@@ -11,6 +11,7 @@ each index shard actor reads only its own files.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -128,6 +129,9 @@ def embed_frame(config: AfmrlConfig, embedder_path: str | Path, frame: pd.DataFr
 
     preflight([catalog_embedders(config)], f"the embedding job for {source}")
     frame = frame[[c for c in CATALOG_COLUMNS if c in frame]]
+    if "attributes" in frame:  # dicts, JSON text and None mix after relabelling: one Arrow type
+        frame = frame.assign(attributes=[json.dumps(a) if isinstance(a, dict) else a or ""
+                                         for a in frame["attributes"]])
     # Blocks of the job's batch size, so a pool of several embedders shares the rows.
     rows = ray.data.from_pandas([frame.iloc[i:i + BLOCK_ROWS]
                                  for i in range(0, len(frame), BLOCK_ROWS)] or [frame])
@@ -152,8 +156,6 @@ def embed_in_order(config: AfmrlConfig, embedder_path: str | Path, frame: pd.Dat
 def embeddings_in_order(folder: str | Path, item_ids: list[str]) -> np.ndarray:
     """The job's embeddings of ``item_ids`` as float32 (n, dim), in that order (the job writes
     rows by index shard, in no set order)."""
-    import json
-
     folder = Path(folder)
     shards = json.loads((folder / EMBEDDINGS_MANIFEST).read_text())["shards"]
     parts = [read_embedding_shard(folder / s["file"]) for s in shards if s["rows"]]

@@ -20,7 +20,6 @@ covers every product.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
@@ -109,10 +108,7 @@ def reward_gallery(catalog: pd.DataFrame, attributes: Mapping[str, str], keys: S
     if not all(labels):
         log.warning("reward gallery: %d of %d catalog items have no attributes",
                     sum(not label for label in labels), len(gallery))
-    # One type for the column (Arrow, in the embedding job): the JSON text attribute_text reads.
-    as_json = [json.dumps(a) if isinstance(a, Mapping) else a or ""
-               for a in map(attributes.get, gallery["item_id"])]
-    return gallery.assign(attributes=as_json)
+    return gallery.assign(attributes=[attributes.get(i) for i in gallery["item_id"]])
 
 
 def completion_text(completion: str | list[dict[str, Any]]) -> str:
