@@ -73,13 +73,11 @@ def gallery_embeddings(config: AfmrlConfig, model, embedder: Path | None,
         return None
     root = RunLayout.of(config).root / "eval"
     root.mkdir(parents=True, exist_ok=True)
-    source = f"the '{eval_set.split}' evaluation gallery"
-    if embedder is not None:
-        return embed_in_order(config, embedder, eval_set.gallery_rows, root / ".embedding-job",
-                              source)
     with tempfile.TemporaryDirectory(dir=root, prefix=".zero-shot-") as saved:
-        return embed_in_order(config, save_embedder(model, Path(saved) / "embedder"),
-                              eval_set.gallery_rows, root / ".embedding-job", source)
+        if embedder is None:  # built in memory: saved for the job's actors to load
+            embedder = save_embedder(model, Path(saved) / "embedder")
+        return embed_in_order(config, embedder, eval_set.gallery_rows, root / ".embedding-job",
+                              f"the '{eval_set.split}' evaluation gallery")
 
 
 def add_dense(config: AfmrlConfig, table: EvalTable, system: str, model, embedder: Path | None,
