@@ -100,7 +100,8 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
         **placement.ray_options())
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
-        with stall_deadline(embedded, config.ray.call_timeout_s, "embedding job"):
+        with stall_deadline(embedded, config.ray.call_timeout_s, "embedding job",
+                            needs=_to_start(placement, index.embed_min_actors)):
             embedded.write_parquet(str(tmp), partition_cols=["shard"])
         shards = [{"file": path.relative_to(tmp).as_posix(),
                    "rows": pq.read_metadata(path).num_rows,
@@ -115,6 +116,15 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     log.info("embed job: %d rows in %d files -> %s (%.1fs)", sum(s["rows"] for s in shards),
              len(shards), out_dir, time.perf_counter() - started)
     return out_dir
+
+
+def _to_start(embedders: Any, min_actors: int) -> dict[str, float]:
+    """What must be free for the job to move: its smallest embedder pool, and one CPU for the
+    read and filter tasks (Ray Data's default task request), which wait for the pool's actors
+    otherwise."""
+    needs = {name: amount * min_actors for name, amount in embedders.bundle().items() if amount}
+    needs["CPU"] = needs.get("CPU", 0.0) + 1.0
+    return needs
 
 
 def embed_frame(config: AfmrlConfig, embedder_path: str | Path, frame: pd.DataFrame,

@@ -14,6 +14,8 @@ import ray
 
 from afmrl.config import RayConfig
 
+log = logging.getLogger("afmrl")
+
 if TYPE_CHECKING:
     from afmrl.utils.device import Placement
 
@@ -100,22 +102,45 @@ def get_with_timeout(refs: Any, timeout_s: float, what: str) -> Any:
 
 
 @contextmanager
-def stall_deadline(dataset: Any, timeout_s: float, what: str) -> Iterator[Any]:
+def stall_deadline(dataset: Any, timeout_s: float, what: str,
+                   needs: dict[str, float] | None = None) -> Iterator[Any]:
     """Run the Ray Data execution triggered inside the block under ``timeout_s``: it fails with
     ``RemoteCallTimeout`` when no block moves for that long (a stuck actor or read, an actor pool
     the cluster cannot place). Ray Data's own no-progress guard does the watching; its default
-    (30 min) would let a hung job sit far longer than any other remote call of afmrl."""
+    (30 min) would let a hung job sit far longer than any other remote call of afmrl.
+
+    ``needs`` is what must be free for the job to move at all (its smallest actor pool and one
+    task). ``preflight`` checks the cluster's totals; actors of other work can still hold what is
+    free now, and then the job waits. Said at once as a warning, and in the error if it stops.
+    """
     from ray.data.exceptions import ExecutionTimeoutError
 
+    if needs and (short := _not_free(needs)):
+        log.warning("%s may wait: %s", what, short)
     dataset.context.execution_no_progress_timeout_s = timeout_s
     try:
         yield dataset
     except ExecutionTimeoutError as error:
+        short = _not_free(needs) if needs else ""
         raise RemoteCallTimeout(
             f"{what}: no block moved for {timeout_s:g}s (ray.call_timeout_s), so the job was "
             f"stopped. An actor or task is stuck, or the cluster cannot start the actor pool; "
             f"`ray status` shows pending resources. Raise ray.call_timeout_s only if one batch "
-            f"legitimately takes longer.") from error
+            f"legitimately takes longer."
+            + (f" When it stopped, {short}" if short else "")) from error
+
+
+def _not_free(needs: dict[str, float]) -> str:
+    """Why ``needs`` does not fit in what the cluster has free now ("" when it does)."""
+    free = ray.available_resources()
+    if all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in needs.items()):
+        return ""
+    total = ray.cluster_resources()
+    shown = {name: free.get(name, 0.0) for name in needs}
+    return (f"it needs {_show(needs)} free and the cluster has {_show(shown)} free (of "
+            f"{_show({name: total.get(name, 0.0) for name in needs})}): other actors hold the "
+            f"rest (`ray list actors --filter state=ALIVE`). Stop them, or give the cluster more "
+            f"nodes.")
 
 
 def kill_actors(actors: Sequence[Any]) -> None:

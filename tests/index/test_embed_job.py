@@ -152,3 +152,40 @@ def test_a_stalled_embedding_job_stops_at_the_call_deadline_and_writes_nothing(
         embed_rows(config, embedder_dir, stuck, tmp_path / "embeddings", {})
     assert time.monotonic() - started < 40
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_job_whose_free_cpus_other_actors_hold_warns_and_its_timeout_says_so(
+        ray_local, embedder_dir, tmp_path, caplog):
+    """Other work holds all but half a CPU: the embedder actor (0.5 CPU) fits, the read task
+    (1 CPU) never does. The pre-flight passes (it checks totals); the warning at the start and
+    the stall error name what is free, not only "stuck"."""
+    import ray
+
+    @ray.remote
+    class CpuHolder:
+        def ready(self) -> bool:
+            return True
+
+    # from_pandas runs a task at once: before the CPUs are taken
+    rows = ray.data.from_pandas(pd.DataFrame({
+        "item_id": ["a", "b"], "group_id": ["1", "2"], "title": ["x", "y"], "text": "",
+        "image_uri": "", "coarse_group": "", "attributes": "{}"}))
+    holder = CpuHolder.options(num_cpus=ray.cluster_resources()["CPU"] - 0.5).remote()
+    try:
+        ray.get(holder.ready.remote(), timeout=60)  # placed once earlier work let go of its CPUs
+        deadline = time.monotonic() + 30  # Ray's view of free resources lags by a moment
+        while ray.available_resources().get("CPU", 0.0) > 0.5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        config = load_config(None, ["models.text_tower=tiny", "ray.call_timeout_s=4"])
+        caplog.set_level("WARNING", logger="afmrl")
+        # by the time of the error, the figures may lag what the stopped job released
+        with pytest.raises(RemoteCallTimeout, match=r"When it stopped, it needs 1\.5 CPU free "
+                                                    r"and the cluster has [\d.]+ CPU free"):
+            embed_rows(config, embedder_dir, rows, tmp_path / "embeddings", {})
+    finally:
+        ray.kill(holder)
+    warned = [m for m in caplog.messages if m.startswith("embedding job may wait")]
+    assert len(warned) == 1 and warned[0].startswith(
+        "embedding job may wait: it needs 1.5 CPU free and the cluster has 0.5 CPU free"), warned
+    assert list(tmp_path.iterdir()) == []
