@@ -165,18 +165,28 @@ def embed_in_order(config: AfmrlConfig, embedder_path: str | Path, frame: pd.Dat
 
 def embeddings_in_order(folder: str | Path, item_ids: list[str]) -> np.ndarray:
     """The job's embeddings of ``item_ids`` as float32 (n, dim), in that order (the job writes
-    rows by index shard, in no set order)."""
+    rows by index shard, in no set order). Shards are read one at a time into the result, so the
+    peak holds the result and one shard, not every shard and then the result."""
     folder = Path(folder)
-    shards = json.loads((folder / EMBEDDINGS_MANIFEST).read_text())["shards"]
-    parts = [read_embedding_shard(folder / s["file"]) for s in shards if s["rows"]]
-    if not parts:
+    manifest = json.loads((folder / EMBEDDINGS_MANIFEST).read_text())
+    if not manifest["rows"]:
         raise ValueError(f"{folder}: the embedding job wrote no rows")
-    order = pd.Index(np.concatenate([ids for _, ids in parts])).get_indexer(
-        [str(i) for i in item_ids])
-    if (order < 0).any():
-        raise ValueError(f"{folder}: {int((order < 0).sum())} of {len(item_ids)} item ids have "
-                         f"no embedding")
-    return np.concatenate([vectors for vectors, _ in parts])[order]
+    wanted = pd.Index([str(i) for i in item_ids])
+    if not wanted.is_unique:
+        raise ValueError(f"{folder}: the item ids asked for are not unique")
+    result = np.empty((len(wanted), manifest["dim"]), dtype=np.float32)
+    found = np.zeros(len(wanted), dtype=bool)
+    for shard in manifest["shards"]:
+        if shard["rows"]:
+            vectors, ids = read_embedding_shard(folder / shard["file"])
+            at = wanted.get_indexer(ids)
+            keep = at >= 0
+            result[at[keep]] = vectors[keep]
+            found[at[keep]] = True
+    if not found.all():
+        raise ValueError(f"{folder}: {int((~found).sum())} of {len(wanted)} item ids have no "
+                         f"embedding")
+    return result
 
 
 def _dim_of(folder: Path, shards: list[dict[str, Any]]) -> int | None:

@@ -12,7 +12,7 @@ import pytest
 
 from afmrl.config import IndexConfig, RayConfig, load_config
 from afmrl.index.embed_job import (EMBEDDINGS_MANIFEST, embed_catalog, embed_rows,
-                                   read_embedding_shard)
+                                   embeddings_in_order, read_embedding_shard)
 from afmrl.index.faiss_index import VectorIndex, as_ids
 from afmrl.index.sharded import ShardedIndex, files_per_shard, shard_of
 from afmrl.models.embedders import build_embedder, embed, load_embedder, save_embedder
@@ -189,3 +189,26 @@ def test_a_job_whose_free_cpus_other_actors_hold_warns_and_its_timeout_says_so(
     assert len(warned) == 1 and warned[0].startswith(
         "embedding job may wait: it needs 1.5 CPU free and the cluster has 0.5 CPU free"), warned
     assert list(tmp_path.iterdir()) == []
+
+
+def test_embeddings_come_back_in_the_asked_order_from_any_shard_layout(tmp_path):
+    """The job's shards hold rows in shard order; the reader puts each vector at its id's place
+    and names ids that have none (no Ray: the files as the job writes them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = {f"id-{i}": np.full(3, i, dtype=np.float32) for i in range(5)}
+    layout = {"shard=0/a.parquet": ["id-3", "id-0"], "shard=1/b.parquet": ["id-4", "id-1", "id-2"],
+              "shard=2/c.parquet": []}
+    for name, ids in layout.items():
+        (tmp_path / name).parent.mkdir()
+        pq.write_table(pa.table({"item_id": pa.array(ids, pa.string()), "embedding": pa.array(
+            [vectors[i].tolist() for i in ids], pa.list_(pa.float32()))}), tmp_path / name)
+    (tmp_path / EMBEDDINGS_MANIFEST).write_text(json.dumps({"rows": 5, "dim": 3, "shards": [
+        {"file": name, "rows": len(ids)} for name, ids in layout.items()]}))
+
+    asked = ["id-2", "id-0", "id-4", "id-1", "id-3"]
+    np.testing.assert_array_equal(embeddings_in_order(tmp_path, asked),
+                                  np.stack([vectors[i] for i in asked]))
+    with pytest.raises(ValueError, match=r"2 of 3 item ids have no embedding"):
+        embeddings_in_order(tmp_path, ["id-1", "id-9", "id-8"])
