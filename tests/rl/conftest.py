@@ -11,7 +11,7 @@ import pytest
 
 from afmrl.config import REPO_ROOT, AfmrlConfig, load_config
 from afmrl.data.catalogs import grocery_catalog
-from afmrl.extract.sft import metadata_attributes
+from afmrl.extract.sft import metadata_attributes, target_json
 from afmrl.models.embedders import build_embedder, save_embedder
 
 NAMESPACE = "afmrl-test-rl"
@@ -48,3 +48,15 @@ def embedder_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("embedder")
     return save_embedder(build_embedder(load_config(None).models, root / "cache"),
                          root / "embedder")
+
+
+@pytest.fixture(scope="session")
+def perfect_answers(catalog, attributes_table) -> tuple[pd.DataFrame, list[str]]:
+    """One query photo per product, and each product's catalog attributes as its generated
+    answer (in the generator's target JSON): the answers a perfect generator would give."""
+    keys = load_config(REPO_ROOT / "configs" / "mini.yaml").extract.attribute_keys
+    queries = catalog[catalog["split"] == "test"].groupby("group_id").head(1)
+    gallery = catalog[catalog["split"] == "catalog"]
+    by_product = dict(zip(gallery["group_id"], attributes_table.set_index("item_id").loc[
+        gallery["item_id"], "attributes"]))
+    return queries, [target_json(json.loads(by_product[g]), keys) for g in queries["group_id"]]

@@ -5,13 +5,10 @@ A module of its own: the job needs free CPUs for its read tasks, and the reward 
 would; ``grpo.train`` starts the reward, and so the job, before them)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from afmrl.config import replace
-from afmrl.extract.sft import target_json
 from afmrl.extract.stage import attributes_by_item
 from afmrl.rl.reward import RecallReward
 
@@ -19,15 +16,13 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def test_a_large_reward_gallery_is_embedded_by_the_job_with_the_same_rewards(
-        tmp_path, rl_config, catalog, attributes_table, embedder_dir, caplog):
+        tmp_path, rl_config, catalog, attributes_table, embedder_dir, perfect_answers, caplog):
     """From ``eval.embed_job_min_rows`` rows the gallery goes through the embedding job instead
     of the reward's one embedder actor: every reward and rank stays as it was."""
     config = rl_config(tmp_path)
-    keys, attributes = config.extract.attribute_keys, attributes_by_item(attributes_table)
-    queries = catalog[catalog["split"] == "test"].groupby("group_id").head(1)
+    attributes = attributes_by_item(attributes_table)
+    queries, answers = perfect_answers
     gallery = catalog[catalog["split"] == "catalog"]
-    by_product = dict(zip(gallery["group_id"], map(attributes.get, gallery["item_id"])))
-    answers = [target_json(json.loads(by_product[g]), keys) for g in queries["group_id"]]
     uris, products = queries["image_uri"].tolist(), queries["group_id"].tolist()
     caplog.set_level("INFO", logger="afmrl")
     scored = {}

@@ -2,13 +2,10 @@
 output, logs its components and reports (and optionally drops) uniform groups."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from afmrl.config import replace
-from afmrl.extract.sft import target_json
 from afmrl.extract.stage import attributes_by_item
 from afmrl.rl.reward import RecallReward, uniform_groups
 
@@ -16,17 +13,11 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, rl_config, catalog, attributes_table, embedder_dir):
+def setup(tmp_path_factory, rl_config, catalog, attributes_table, embedder_dir, perfect_answers):
     config = rl_config(tmp_path_factory.mktemp("run"))
     reward = RecallReward.start(config, embedder_dir, catalog,
                                 attributes_by_item(attributes_table), name="test-reward")
-    # One query photo per product, and each product's catalog attributes as a perfect answer.
-    queries = catalog[catalog["split"] == "test"].groupby("group_id").head(1)
-    gallery = catalog[catalog["split"] == "catalog"]
-    by_product = dict(zip(gallery["group_id"], attributes_table.set_index("item_id").loc[
-        gallery["item_id"], "attributes"]))
-    keys = config.extract.attribute_keys
-    answers = [target_json(json.loads(by_product[g]), keys) for g in queries["group_id"]]
+    queries, answers = perfect_answers
     yield config, reward, queries, answers
     reward.shutdown()
 
