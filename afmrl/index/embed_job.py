@@ -11,6 +11,7 @@ each index shard actor reads only its own files.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from afmrl.config import AfmrlConfig
+from afmrl.utils.device import Placement, catalog_embedders, torch_device
 from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree
 
 log = logging.getLogger("afmrl")
@@ -37,9 +39,8 @@ class CatalogEmbedder:
     out."""
 
     def __init__(self, embedder_path: str, keys: tuple[str, ...], batch_size: int,
-                 num_shards: int, placement: Any) -> None:
+                 num_shards: int, placement: Placement) -> None:
         from afmrl.models.embedders import load_embedder
-        from afmrl.utils.device import torch_device
 
         self.model = load_embedder(embedder_path, torch_device(placement))
         self.keys = keys
@@ -83,7 +84,6 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     import pyarrow.parquet as pq
     import ray.data
 
-    from afmrl.utils.device import catalog_embedders
     from afmrl.utils.ray_utils import stall_deadline
 
     placement = catalog_embedders(config)
@@ -118,11 +118,12 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     return out_dir
 
 
-def _to_start(embedders: Any, min_actors: int) -> dict[str, float]:
+def _to_start(embedders: Placement, min_actors: int) -> dict[str, float]:
     """What must be free for the job to move: its smallest embedder pool, and one CPU for the
     read and filter tasks (Ray Data's default task request), which wait for the pool's actors
     otherwise."""
-    needs = {name: amount * min_actors for name, amount in embedders.bundle().items() if amount}
+    pool = dataclasses.replace(embedders, count=min_actors).total()
+    needs = {name: amount for name, amount in pool.items() if amount}
     needs["CPU"] = needs.get("CPU", 0.0) + 1.0
     return needs
 
@@ -134,7 +135,6 @@ def embed_frame(config: AfmrlConfig, embedder_path: str | Path, frame: pd.DataFr
     import ray.data
 
     from afmrl.data.schema import CATALOG_COLUMNS
-    from afmrl.utils.device import catalog_embedders
     from afmrl.utils.ray_utils import preflight
 
     preflight([catalog_embedders(config)], f"the embedding job for {source}")
