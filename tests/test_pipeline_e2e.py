@@ -195,6 +195,8 @@ def test_pipeline_mini_end_to_end(shared_data, tmp_path):
         assert f"[{number}/6] {stage} finished in" in out, out[-3000:]
     assert "ETA" in out and "for the remaining stages" in out
     assert [line for line in lines if "AGCL agcl: epoch" in line and "samples/s" in line]
+    # once each: Ray Train's print patch printed every worker line twice
+    assert len([line for line in lines if "AGCL agcl: epoch 1/" in line and "done" in line]) == 1
     assert "| agcl |" in out
     noise = list(noise_lines(first_lines + lines))
     assert not noise, f"library noise on the console ({NOISE_MARKERS}):\n" + "\n".join(noise)

@@ -43,6 +43,11 @@ QUIET_ENV = {
     "VLLM_LOGGING_LEVEL": "ERROR",
     "VLLM_CONFIGURE_LOGGING": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    # Ray Train workers replace ``print`` with one that logs each line and, when anything has
+    # wrapped sys.stdout, prints it as well: every progress line reached the console twice, and
+    # output a library captures (dill disassembles functions through ``print`` while `datasets`
+    # fingerprints TRL's data) leaked to it. Workers keep the built-in ``print``.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "GLOG_minloglevel": "2",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
@@ -86,6 +91,7 @@ NOISE_MARKERS = (
     "Triton not available", "NUMA binding", "core_worker.cc", *STREAM_NOISE,
     "Loading safetensors checkpoint shards", "TRL currently supports vLLM",
     "Running Dataset", "Execution plan of Dataset",
+    "LOAD_GLOBAL",  # bytecode that dill's disassembly printed through Ray Train's print
 )
 
 
