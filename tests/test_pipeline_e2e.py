@@ -23,7 +23,7 @@ import requests
 from afmrl.config import REPO_ROOT, load_config
 from afmrl.layout import RunLayout
 from afmrl.tracking import run_tree
-from afmrl.utils.console import NOISE_MARKERS, QUIET_ENV, noise_lines
+from afmrl.utils.console import NOISE_MARKERS, OUTPUT_ENV, QUIET_ENV, noise_lines
 
 MODELS = ("zero_shot", "infonce", "agcl", "agcl_rar_attributes", "cit")
 
@@ -37,13 +37,13 @@ def free_port() -> int:
 def pipeline(overrides, wait: bool = False) -> subprocess.Popen:
     """The job in its own process group (it owns its local Ray cluster and Serve app); with
     ``wait`` it keeps serving until Ctrl-C, else it exits after the serve stage's smoke query.
-    Its environment lacks the quiet variables an earlier test may have exported, so the console
-    it prints is the one a user's shell gets."""
+    Its environment lacks the quiet and output variables an earlier test may have exported,
+    so the console it prints is the one a user's shell gets."""
     command = [sys.executable, "-m", "afmrl.cli", "pipeline", "--config",
                str(REPO_ROOT / "configs" / "mini.yaml"), *([] if wait else ["--no-wait"]),
                *overrides]
     env = {key: value for key, value in os.environ.items()
-           if key not in QUIET_ENV and key != "RAY_ADDRESS"}
+           if key not in QUIET_ENV and key not in OUTPUT_ENV and key != "RAY_ADDRESS"}
     env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     return subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, text=True, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -104,8 +104,8 @@ def stage_records(layout: RunLayout) -> dict:
 
 
 @pytest.mark.slow
-# Three pipeline runs: 632 s alone on a 2-core machine (679 s inside the full suite with 3 epochs),
-# over 900 s (the suite's per-test limit) on a slower one; its own waits allow 1,800 s per run.
+# Three pipeline runs: 632-848 s on a 2-core machine (alone / inside the full suite), over 900 s
+# (the suite's per-test limit) on a slower one; its own waits allow 1,800 s per run.
 @pytest.mark.timeout(1800)
 def test_pipeline_mini_end_to_end(shared_data, tmp_path):
     port = free_port()

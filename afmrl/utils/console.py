@@ -43,11 +43,6 @@ QUIET_ENV = {
     "VLLM_LOGGING_LEVEL": "ERROR",
     "VLLM_CONFIGURE_LOGGING": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    # Ray Train workers replace ``print`` with one that logs each line and, when anything has
-    # wrapped sys.stdout, prints it as well: every progress line reached the console twice, and
-    # output a library captures (dill disassembles functions through ``print`` while `datasets`
-    # fingerprints TRL's data) leaked to it. Workers keep the built-in ``print``.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "GLOG_minloglevel": "2",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
@@ -67,6 +62,12 @@ QUIET_ENV = {
     # "Triton not available" in every vLLM actor is only silenced through torch's own setting.
     "TORCH_LOGS": "-torch",
 }
+# Environment every run gets, verbose or not: it fixes output rather than silencing it. Ray
+# Train workers replace ``print`` with one that logs each line and, when anything has wrapped
+# sys.stdout, prints it as well: every progress line reached the console twice, and output a
+# library captures (dill disassembles functions through ``print`` while `datasets` fingerprints
+# TRL's data) leaked to it. Workers keep the built-in ``print``.
+OUTPUT_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 # Only in Ray workers: their output reaches the console line by line, so a bar redraws rarely.
 WORKER_ENV = {"TQDM_MININTERVAL": "15"}
 # Lines Ray streams from its processes that no setting turns off.
@@ -140,9 +141,8 @@ def setup_console(verbose: bool = False) -> None:
     """Logging for a job's driver: one short line per message; the noise silenced unless
     ``verbose``. Call before Ray starts, so a local cluster's workers inherit the environment."""
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
-    if not verbose:
-        for key, value in QUIET_ENV.items():
-            os.environ.setdefault(key, value)
+    for key, value in {**OUTPUT_ENV, **({} if verbose else QUIET_ENV)}.items():
+        os.environ.setdefault(key, value)
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -153,11 +153,12 @@ def setup_console(verbose: bool = False) -> None:
 
 
 def ray_runtime_env() -> dict[str, Any]:
-    """The job-level runtime_env that makes Ray's workers quiet (empty when verbose)."""
+    """The job-level runtime_env of Ray's workers: ``OUTPUT_ENV`` always, and quiet unless
+    verbose."""
     if is_verbose():
-        return {}
+        return {"env_vars": dict(OUTPUT_ENV)}
     return {"worker_process_setup_hook": "afmrl.utils.console.worker_setup_hook",
-            "env_vars": {VERBOSE_ENV: "0", **QUIET_ENV, **WORKER_ENV}}
+            "env_vars": {VERBOSE_ENV: "0", **QUIET_ENV, **OUTPUT_ENV, **WORKER_ENV}}
 
 
 def drop_streamed_noise() -> None:

@@ -2,6 +2,7 @@
 its source (and back with --verbose), and Ctrl-C that reaches our handler."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from afmrl.utils.console import (QUIET_ENV, Interrupted, StageClock, TrainProgress,
+from afmrl.utils.console import (OUTPUT_ENV, QUIET_ENV, Interrupted, StageClock, TrainProgress,
                                  format_seconds, format_table, install_interrupt_handler,
                                  noise_lines)
 
@@ -69,6 +70,22 @@ def test_library_noise_is_silenced_at_its_source_and_back_with_verbose(verbose):
         assert any("Triton not available" in line for line in noise)
     else:
         assert noise == []
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_ray_train_workers_keep_the_builtin_print_also_when_verbose(verbose, monkeypatch):
+    """Ray Train's print patch duplicates every worker line: it is off in the driver's
+    environment (a local cluster's workers inherit it) and in every job's worker env."""
+    from afmrl.utils.console import ray_runtime_env, setup_console
+
+    for key in (*OUTPUT_ENV, *QUIET_ENV, "AFMRL_VERBOSE"):
+        monkeypatch.delenv(key, raising=False)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)  # setup_console sets it
+    setup_console(verbose=verbose)
+    assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
+    assert ray_runtime_env()["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
+    assert ("TRANSFORMERS_VERBOSITY" in os.environ) is not verbose  # quiet only when not verbose
 
 
 def test_ctrl_c_raises_interrupted_even_after_ray_train_registered_its_handler():
