@@ -97,6 +97,10 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
     Query rows (natural phone photos) are photo-only: a shopper's photo has no title, so their
     title and text are empty and only the catalog item of their product carries words.
 
+    A catalog title names its product kind, as a shop's does: the data set's name for the item
+    gets its coarse group when it lacks it ("Granny Smith" -> "Granny Smith Apple", "Anjou" ->
+    "Anjou Pear"), so a query for "green apple" can find it by title.
+
     Text queries: each catalog item's own shop listing title (``shop_title``, e.g. "Apple Granny
     Smith Class 1", "Filmjölk 3%") is a text-only query row ``shop/<item_id>`` of its product,
     held out like the photos: products are split between ``val`` and ``test`` (seeded, whole
@@ -114,7 +118,7 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
     frame = pd.DataFrame({
         "item_id": raw["item_id"],
         "group_id": raw["group_id"],
-        "title": raw["title"].where(is_catalog, ""),
+        "title": named_with_kind(raw["title"], raw["coarse_group"]).where(is_catalog, ""),
         "text": (text + (" " + volume).where(volume != "", "")).str.strip().where(is_catalog, ""),
         "image_uri": [str(root / p) for p in raw["image_path"]],
         "split": raw["split"],
@@ -124,6 +128,14 @@ def grocery_catalog(root: str | Path, items_file: str = "items.csv",
     frame = pd.concat([frame, shop_title_queries(frame, raw["shop_title"].astype(str))],
                       ignore_index=True)
     return validate_catalog(frame, str(items), check_images=check_images)
+
+
+def named_with_kind(titles: pd.Series, kinds: pd.Series) -> pd.Series:
+    """Each title with its kind ("Passion-Fruit" read as "passion fruit") appended unless the
+    title already contains it."""
+    kinds = kinds.astype(str).str.replace("-", " ").str.strip()
+    lacking = [kind.lower() not in title.lower() for title, kind in zip(titles, kinds)]
+    return titles.where(~pd.Series(lacking, index=titles.index), titles + " " + kinds)
 
 
 def shop_title_queries(frame: pd.DataFrame, shop_titles: pd.Series, seed: int = 0

@@ -20,6 +20,14 @@ def test_grocery_adapter(shared_data):
     assert catalog["coarse_group"].nunique() == 43
     assert (catalog["error"] == "").all()
     assert catalog["content_hash"].is_unique
+    # Catalog titles name the product kind ("green apple" must find Granny Smith by title);
+    # a title holding it already ("Watermelon": melon, "Passion Fruit") is left as it is.
+    title = catalog.set_index("item_id")["title"]
+    assert title["iconic/Granny-Smith"] == "Granny Smith Apple"
+    assert title["iconic/Anjou"] == "Anjou Pear"
+    assert title["iconic/Watermelon"] == "Watermelon"
+    assert title["iconic/Passion-Fruit"] == "Passion Fruit"
+    assert title["iconic/Arla-Standard-Milk"] == "Arla Standard Milk"
 
 
 def test_mini_grocery_validates_images(mini_catalog):
