@@ -70,8 +70,12 @@ QUIET_ENV = {
 OUTPUT_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 # Only in Ray workers: their output reaches the console line by line, so a bar redraws rarely.
 WORKER_ENV = {"TQDM_MININTERVAL": "15"}
-# Lines Ray streams from its processes that no setting turns off.
-STREAM_NOISE = ("Set ray log level from environment variable",)
+# Lines Ray streams from its processes that no setting turns off: Ray's log-level announcement,
+# DeepSpeed's unconditional print in every training worker as it loads its CPU all-reduce op, and
+# Serve's shutdown retrying a task on the controller it has just killed.
+STREAM_NOISE = ("Set ray log level from environment variable",
+                "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
+                "ServeController.graceful_shutdown failed")
 
 # Known warnings, filtered by message (regular expressions matched at the message start).
 QUIET_WARNINGS = (
