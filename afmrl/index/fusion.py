@@ -114,15 +114,18 @@ def rrf(rankings: Iterable[Ranking], weights: Iterable[float], rrf_k: float, k: 
 def min_max(scores: np.ndarray, ids: np.ndarray, larger_is_better: bool = True) -> np.ndarray:
     """Per-query scores mapped to [0, 1] (best 1) over the returned items; padding gets 0 and
     a query whose items all score the same gets 1 for each of them."""
-    scores = np.where(ids == _padding(ids), np.nan, scores if larger_is_better else -scores)
+    padded = ids == _padding(ids)
+    scores = np.asarray(scores if larger_is_better else -scores, dtype=np.float64)
     if scores.shape[1] == 0:  # a source with nothing to return (e.g. a filter matched nothing)
         return scores
-    with np.errstate(invalid="ignore"):
-        low, high = np.nanmin(scores, axis=1, keepdims=True), np.nanmax(scores, axis=1,
-                                                                       keepdims=True)
-    span = high - low
-    normalised = np.where(span > 0, (scores - low) / np.where(span > 0, span, 1), 1.0)
-    return np.nan_to_num(normalised, nan=0.0)
+    # Masked min/max, not nanmin/nanmax: a query the source returned nothing for (a photo query
+    # to the lexical index) is all padding, which they warn about once per call.
+    low = np.where(padded, np.inf, scores).min(axis=1, keepdims=True)
+    high = np.where(padded, -np.inf, scores).max(axis=1, keepdims=True)
+    span = np.where(np.isfinite(low), high - low, 0.0)
+    normalised = np.where(span > 0, (scores - np.where(span > 0, low, 0)) /
+                          np.where(span > 0, span, 1), 1.0)
+    return np.where(padded, 0.0, normalised)
 
 
 def convex(dense: Ranking, lexical: Ranking, alpha: float, k: int,

@@ -2,6 +2,7 @@
 tuning on a split and the saved tuned values."""
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -84,6 +85,18 @@ def test_min_max_respects_l2_direction_and_padding():
     scores = np.array([[0.1, 0.3, np.inf]])
     ids = np.array([[4, 5, -1]])
     np.testing.assert_allclose(min_max(scores, ids, larger_is_better=False), [[1.0, 0.0, 0.0]])
+
+
+def test_a_query_one_source_returned_nothing_for_is_fused_without_warnings():
+    # A photo query has no words: the lexical index returns only padding for it. Fusing it must
+    # keep the dense order and not warn (nanmin/nanmax warned once per eval, on the console).
+    dense = ranking([[(1, 0.9), (2, 0.5)], [(3, 0.7), (1, 0.2)]])
+    lexical = ranking([[(-1, -np.inf)], [(1, 4.0)]])
+    np.testing.assert_allclose(min_max(*lexical), [[0.0], [1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, ids = convex(dense, lexical, alpha=0.6, k=2)
+    assert ids.tolist() == [[1, 2], [3, 1]]  # 3: 0.6 x 1 dense; 1: 0.4 x 1 lexical
 
 
 def test_fuse_and_rank_follow_the_config():
