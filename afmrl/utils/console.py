@@ -33,6 +33,7 @@ QUIET_LOGGERS = {
     "uvicorn": logging.WARNING, "uvicorn.access": logging.WARNING, "fastapi": logging.WARNING,
     "torch._dynamo": logging.ERROR, "sentence_transformers": logging.ERROR,
     "torch": logging.ERROR,  # e.g. "Triton not available" in every process
+    "matplotlib": logging.WARNING,  # "generated new fontManager" when the run report draws
 }
 
 # Environment the libraries read when they start (inherited by a local Ray cluster's workers).
@@ -97,6 +98,7 @@ NOISE_MARKERS = (
     "Loading safetensors checkpoint shards", "TRL currently supports vLLM",
     "Running Dataset", "Execution plan of Dataset",
     "LOAD_GLOBAL",  # bytecode that dill's disassembly printed through Ray Train's print
+    "generated new fontManager",
 )
 
 

@@ -52,14 +52,16 @@ QUIET_FAISS = ("import logging, sys; logging.basicConfig(level=logging.INFO, str
                "from afmrl.utils.console import setup_console; setup_console({verbose}); "
                "import faiss; import warnings; warnings.warn('the PreemptionWatcher argument x');"
                "import torch._library.triton as triton;"  # torch resets log levels on import
-               "triton.logger.warning('Triton not available, find_triton_kernels = []')")
+               "triton.logger.warning('Triton not available, find_triton_kernels = []');"
+               "import matplotlib.font_manager")  # an empty MPLCONFIGDIR: it builds its cache
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_library_noise_is_silenced_at_its_source_and_back_with_verbose(verbose):
+def test_library_noise_is_silenced_at_its_source_and_back_with_verbose(verbose, tmp_path):
     # A fresh environment: an earlier test in this process may have exported the quiet one
     # (e.g. TORCH_LOGS), which the child would inherit even in verbose mode.
     env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}
+    env["MPLCONFIGDIR"] = str(tmp_path)  # as on a fresh machine, where the run report draws
     done = subprocess.run([sys.executable, "-c", QUIET_FAISS.format(verbose=verbose)],
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
@@ -68,6 +70,7 @@ def test_library_noise_is_silenced_at_its_source_and_back_with_verbose(verbose):
         assert any("faiss" in line.lower() for line in noise)
         assert any("PreemptionWatcher" in line for line in noise)
         assert any("Triton not available" in line for line in noise)
+        assert any("generated new fontManager" in line for line in noise)
     else:
         assert noise == []
 
