@@ -4,8 +4,8 @@ The paper distils the generator from a large teacher before RL. Teachers here:
 - a file of a bigger model's output (Parquet/JSONL with item_id + attributes JSON), or
 - catalog metadata where a catalog has it (``metadata_attributes`` for the grocery data).
 The student learns to write the teacher's JSON for the item's image (+ title when the row is a
-catalog item; photo only for query rows), so RL starts from a generator that emits sensible,
-schema-valid attributes instead of random tokens.
+catalog item; photo only for query rows; a catalog title alone, as a shopper types it), so RL
+starts from a generator that emits sensible, schema-valid attributes instead of random tokens.
 """
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ def teacher_examples(catalog: pd.DataFrame, keys: Sequence[str],
     """Catalog rows (with titles) and query photos (no title) paired with teacher attributes.
 
     Query photos take the attributes of their product's catalog item: what a perfect generator
-    would say about the photo.
+    would say about the photo. A catalog item with an image or a description also teaches from
+    its title alone: a typed text query (served with ``enrich``, or a text-only query row) is
+    prompted with a title only, and a generator never taught that prompt wrote noise for it.
     """
     usable = catalog[catalog["error"] == ""]
     if teacher_file:
@@ -82,8 +84,12 @@ def teacher_examples(catalog: pd.DataFrame, keys: Sequence[str],
         # Train rows with a title (text catalogs: their queries are titles) teach from their own.
         own_words = row["split"] == "catalog" or (row["split"] == "train" and row["title"].strip())
         if own_words and row["item_id"] in by_item:
+            target = target_json(by_item[row["item_id"]], keys)
             item = PromptItem(row["title"], row["text"], row["image_uri"])
-            examples.append(SFTExample(item, target_json(by_item[row["item_id"]], keys)))
+            examples.append(SFTExample(item, target))
+            typed = PromptItem(title=row["title"])
+            if row["split"] == "catalog" and typed != item:
+                examples.append(SFTExample(typed, target))
         elif row["split"] == "train" and row["group_id"] in by_product:
             examples.append(SFTExample(PromptItem(image_uri=row["image_uri"]),
                                        target_json(by_product[row["group_id"]], keys)))

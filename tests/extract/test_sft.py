@@ -14,8 +14,20 @@ def test_metadata_teacher(mini_catalog):
 
 def test_examples_cover_catalog_items_with_schema_targets(mini_catalog):
     examples = teacher_examples(mini_catalog, KEYS)
-    assert len(examples) == 31  # the mini subset has no train photos
+    assert len(examples) == 2 * 31  # the mini subset has no train photos
     assert all(list(json.loads(e.target)) == list(KEYS) for e in examples)
+
+
+def test_catalog_items_also_teach_the_typed_query_prompt(mini_catalog):
+    """A text query is prompted with a title alone (serving's enrich, text-only query rows):
+    each catalog item teaches that prompt too, with the target of its full prompt."""
+    examples = teacher_examples(mini_catalog, KEYS)
+    full = {e.item.title: e.target for e in examples if e.item.image_uri}
+    typed = {e.item.title: e.target for e in examples
+             if not e.item.image_uri and not e.item.text}
+    catalog = mini_catalog[mini_catalog["split"] == "catalog"]
+    assert set(typed) == set(full) == set(catalog["title"])
+    assert typed == full
 
 
 def test_sft_lowers_the_loss_and_saves_a_loadable_model(mini_catalog, tiny_generator, tmp_path):
@@ -42,8 +54,10 @@ def test_labels_cover_the_answer_tokens_only(mini_catalog, tiny_generator):
     from afmrl.models.processor import Prompter, extraction_request
 
     prompter = Prompter(tiny_generator, image_size=64)
-    examples = teacher_examples(mini_catalog, KEYS)[:3]
-    assert all(e.item.image_uri for e in examples)  # image placeholders are in every prompt
+    examples = teacher_examples(mini_catalog, KEYS)
+    # A batch mixes prompts with an image and typed (title-only) ones, as SFT's batches do.
+    examples = [e for e in examples if e.item.image_uri][:2] + \
+        [e for e in examples if not e.item.image_uri][:1]
     inputs = sft_batch(prompter, examples, KEYS)
     image_pad = prompter.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     ids, labels, mask = inputs["input_ids"], inputs["labels"], inputs["attention_mask"]
@@ -51,7 +65,7 @@ def test_labels_cover_the_answer_tokens_only(mini_catalog, tiny_generator):
     assert (labels[ids == image_pad] == -100).all()
     for row, example in enumerate(examples):
         prompt = prompter.model_inputs(
-            [prompter.chat(extraction_request(example.item, KEYS), True)],
+            [prompter.chat(extraction_request(example.item, KEYS), bool(example.item.image_uri))],
             [prompter.image(example.item)],
             padding_side="right")["input_ids"][0]
         # The prompt is a prefix of prompt+answer: every prompt token is masked...
