@@ -13,6 +13,9 @@ from typing import Any, Mapping, Sequence
 DEFAULT_ATTRIBUTE_KEYS = ("category", "brand", "colour", "material", "flavour", "variant",
                           "size", "packaging")
 MAX_VALUE_CHARS = 48
+# The one JSON layout the generator writes: its SFT targets, and the grammar that constrains it
+# (vLLM's xgrammar uses these with disable_any_whitespace; serving's TransformersEngine is told).
+JSON_SEPARATORS = (",", ":")
 MAX_ERROR_CHARS = 300  # one row's error text stays readable, whatever the generator wrote
 
 
@@ -45,7 +48,8 @@ class ParsedAttributes:
 
 
 def normalise_value(value: Any) -> str:
-    text = " ".join(str(value).split()).strip().lower()
+    text = "".join(c if c.isprintable() else " " for c in str(value))  # control characters
+    text = " ".join(text.split()).strip().lower()
     return text[:MAX_VALUE_CHARS]
 
 
@@ -67,8 +71,8 @@ def parse_attributes(raw: str, keys: Sequence[str]) -> ParsedAttributes:
     Unknown keys and non-string values are errors (the output is still partially kept so that
     coverage can be measured); missing keys are allowed (a generator may not know the brand).
     """
-    try:
-        payload = json.loads(raw)
+    try:  # xgrammar's JSON grammar admits raw control characters in strings: not malformed
+        payload = json.loads(raw, strict=False)
     except (json.JSONDecodeError, TypeError, RecursionError) as error:
         reason = error.msg if hasattr(error, "msg") else type(error).__name__
         return ParsedAttributes({}, f"not JSON: {reason}")

@@ -19,6 +19,12 @@ def test_values_that_name_nothing_are_dropped():
                             KEYS).values == {}
 
 
+def test_raw_control_characters_in_a_value_are_whitespace_not_malformed_output():
+    """A grammar-constrained generator may write them (xgrammar admits them in JSON strings)."""
+    parsed = parse_attributes('{"category": "juice\x18\x18", "brand": "\x18"}', KEYS)
+    assert parsed.ok and parsed.values == {"category": "juice"}
+
+
 def test_malformed_output_is_kept_with_error():
     assert parse_attributes("{not json", KEYS).error.startswith("not JSON")
     assert "expected a JSON object" in parse_attributes("[1, 2]", KEYS).error
