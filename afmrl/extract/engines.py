@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 from PIL import Image
 
 from afmrl.config import ExtractConfig
-from afmrl.extract.schema import json_schema
+from afmrl.extract.schema import JSON_SEPARATORS, json_schema
 from afmrl.models.processor import Prompter
 from afmrl.utils.console import is_verbose
 
@@ -67,7 +67,8 @@ class TransformersEngine:
     """Batched ``generate`` on one model; also the rollout engine of RAR on CPU.
 
     With ``schema`` the output is constrained to it by xgrammar, the grammar backend of the
-    vLLM path (no whitespace, as there): serving's query attributes come out as extraction's.
+    vLLM path, in the same layout (no whitespace, ``JSON_SEPARATORS``): xgrammar's default
+    ", " and ": " put the generator off the layout it was taught, and it wrote junk values.
     """
 
     def __init__(self, model_path: str | Path, max_tokens: int, temperature: float,
@@ -87,7 +88,7 @@ class TransformersEngine:
             info = xgrammar.TokenizerInfo.from_huggingface(
                 self.prompter.tokenizer, vocab_size=self.model.config.get_text_config().vocab_size)
             self.grammar = xgrammar.GrammarCompiler(info).compile_json_schema(
-                schema, any_whitespace=False)
+                schema, any_whitespace=False, separators=JSON_SEPARATORS)
 
     def _logits_processors(self) -> list:
         if self.grammar is None:

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from afmrl.extract.schema import JSON_SEPARATORS
 from afmrl.models.processor import PromptItem, Prompter, extraction_request
 
 log = logging.getLogger("afmrl")
@@ -36,7 +37,7 @@ class SFTExample:
 
 def target_json(values: dict[str, str], keys: Sequence[str]) -> str:
     """Canonical JSON target: every key in schema order, matching the structured-output schema."""
-    return json.dumps({k: values.get(k, "") for k in keys}, separators=(",", ":"))
+    return json.dumps({k: values.get(k, "") for k in keys}, separators=JSON_SEPARATORS)
 
 
 def metadata_attributes(row: pd.Series) -> dict[str, str]:

@@ -10,6 +10,7 @@ import pytest
 
 from afmrl.config import load_config
 from afmrl.extract.schema import DEFAULT_ATTRIBUTE_KEYS, parse_attributes
+from afmrl.extract.sft import target_json
 from afmrl.serve.enrich import enriched_text, query_attributes, query_engine
 from afmrl.train.data import query_inputs
 
@@ -42,6 +43,9 @@ def test_generated_attributes_reach_the_embedded_query(tiny_generator):
     engine = query_engine(tiny_generator, config, schema=forced)
     [attributes] = query_attributes(engine, [("orange juice", None)], KEYS)
     assert attributes == {"category": "juice", "brand": "bravo"}
+    # ...in the layout the generator is taught (SFT targets), not with xgrammar's spaces
+    [(raw, _)] = engine.generate([("List the key attributes.", None)])
+    assert raw == target_json({"category": "juice", "brand": "bravo"}, ["category", "brand"])
     assert enriched_text("orange juice", attributes, KEYS) == \
         "category: juice; brand: bravo | orange juice"
 
@@ -49,10 +53,10 @@ def test_generated_attributes_reach_the_embedded_query(tiny_generator):
 def test_serving_generation_follows_the_extraction_schema(tiny_generator):
     """Without a forced schema the untrained generator still writes schema JSON (the default
     engine is constrained), never the free text unconstrained generate produces."""
-    config = load_config(None, ["extract.max_tokens=96"])
+    config = load_config(None, ["extract.max_tokens=400"])  # 8 values of <= 48 characters
     engine = query_engine(tiny_generator, config)
     raws = [raw for raw, _ in engine.generate([("List the key attributes.", None)] * 2)]
     for raw in raws:
-        payload = json.loads(raw)
+        payload = json.loads(raw, strict=False)  # as parse_attributes reads it
         assert set(payload) == set(KEYS)
         assert parse_attributes(raw, KEYS).ok
