@@ -398,6 +398,10 @@ class ServeConfig:
     batch_wait_timeout_s: float = doc("@serve.batch wait for a batch to fill.", 0.01)
     max_body_bytes: int = doc("Largest accepted request body.", 8 * 1024 * 1024)
     max_k: int = doc("Largest top-k a request may ask for.", 100)
+    enrich_by_default: bool = doc(
+        "Enrich a query whose request leaves `enrich` unset, when the app has a generator "
+        "(AFMRL's inference). Off for a generator that writes wrong attributes for query wording "
+        "it never saw, as the demo's tiny one does (README, Quick start).", True)
     image_root: str | None = doc(
         "Local folder image paths in requests may point into (None: path images refused).", None)
     auth_token: str | None = doc("Bearer token required on every request (None: open).", None)

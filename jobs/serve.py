@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         None if args.generator == "none" else Path(args.generator)
     join_checked(config, ["serve"])
     url = launch(config, index, generator, blocking=False)
-    print(f"search app: {url}/  (API reference: {url}/docs, enrichment: "
-          f"{'on, ' + str(generator) if generator else 'off'})")
+    enrichment = "off" if not generator else \
+        f"{'on' if config.serve.enrich_by_default else 'on request'}, {generator}"
+    print(f"search app: {url}/  (API reference: {url}/docs, enrichment: {enrichment})")
     print(curl_example(url, config.serve))
     if not args.detach:
         wait_until_interrupted()

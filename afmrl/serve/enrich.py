@@ -34,5 +34,11 @@ def query_attributes(engine: Engine, queries: Sequence[tuple[str, Image.Image | 
     return [parse_attributes(raw, keys).values for raw, _ in engine.generate(requests)]
 
 
+def enriches(requested: bool | None, has_generator: bool, by_default: bool) -> bool:
+    """Whether a request is enriched: as it asks, else the app's default where it has a
+    generator (``serve.enrich_by_default``). Asking without a generator is the caller's error."""
+    return requested if requested is not None else has_generator and by_default
+
+
 def enriched_text(text: str, attributes: Mapping[str, str], keys: Sequence[str]) -> str:
     return item_text(text, "", attribute_text(attributes, keys))

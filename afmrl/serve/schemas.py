@@ -125,8 +125,9 @@ class QueryOptions(BaseModel):
     k: Integer = Field(10, ge=1, description="Number of results, 1..serve.max_k.")
     enrich: bool | None = Field(
         None, description="Let the generator write the query's attributes and append them to "
-        "the query text before embedding (AFMRL's inference). Default: on when the app has a "
-        "generator (the pipeline serves with the run's best generator), else off.")
+        "the query text before embedding (AFMRL's inference). Default: serve.enrich_by_default "
+        "(on unless the profile turns it off) when the app has a generator (the pipeline serves "
+        "with the run's best generator), else off.")
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(
         None, description="Ranking: dense (embeddings), lexical (BM25 over titles, text and "
         "attributes) or hybrid (both, fused with the weights tuned for the index). Default: "

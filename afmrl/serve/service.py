@@ -25,7 +25,7 @@ from afmrl.data.images import decode_image
 from afmrl.index.lexical import LexicalIndexMissing, attribute_prose
 from afmrl.models.embedders import EmbedInput, takes_images
 from afmrl.serve.catalog import IndexSource
-from afmrl.serve.enrich import enriched_text
+from afmrl.serve.enrich import enriched_text, enriches
 from afmrl.serve.schemas import (EmbedRequest, EmbedResponse, Health, Hit, IndexInfo, Item,
                                  ItemFields, ItemResponse, QueryOptions, SearchResponse)
 from afmrl.serve.validation import (ApiError, check_attributes, check_filters, check_item_id,
@@ -113,7 +113,8 @@ class SearchService:
                                 "searched with mode=dense or hybrid)")
         lexical_text = text
         attributes: dict[str, str] = {}
-        if query.enrich or (query.enrich is None and self.generator is not None):
+        if enriches(query.enrich, self.generator is not None,
+                    self.config.serve.enrich_by_default):
             if self.generator is None:
                 raise ApiError(400, "enrich=true needs the attribute generator, but this app "
                                     "runs without one (start it with a generator: afmrl serve "

@@ -11,7 +11,7 @@ import pytest
 from afmrl.config import load_config
 from afmrl.extract.schema import DEFAULT_ATTRIBUTE_KEYS, parse_attributes
 from afmrl.extract.sft import target_json
-from afmrl.serve.enrich import enriched_text, query_attributes, query_engine
+from afmrl.serve.enrich import enriched_text, enriches, query_attributes, query_engine
 from afmrl.train.data import query_inputs
 
 KEYS = DEFAULT_ATTRIBUTE_KEYS
@@ -60,3 +60,13 @@ def test_serving_generation_follows_the_extraction_schema(tiny_generator):
         payload = json.loads(raw, strict=False)  # as parse_attributes reads it
         assert set(payload) == set(KEYS)
         assert parse_attributes(raw, KEYS).ok
+
+
+def test_an_unset_enrich_follows_the_profile_where_the_app_has_a_generator():
+    assert load_config(None).serve.enrich_by_default  # AFMRL's inference, by default
+    assert not load_config("configs/demo.yaml").serve.enrich_by_default  # its tiny generator
+    assert enriches(None, has_generator=True, by_default=True)
+    assert not enriches(None, has_generator=True, by_default=False)
+    assert not enriches(None, has_generator=False, by_default=True)
+    assert enriches(True, has_generator=True, by_default=False)  # a request may still ask
+    assert not enriches(False, has_generator=True, by_default=True)
