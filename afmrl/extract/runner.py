@@ -152,7 +152,7 @@ def run_extraction(catalog: pd.DataFrame, model_path: str | Path, model_id: str,
     import ray.data
 
     from afmrl.utils.device import extraction_actors
-    from afmrl.utils.ray_utils import preflight
+    from afmrl.utils.ray_utils import pool_needs, preflight, stall_deadline
 
     placement = placement or extraction_actors(config)
     out_dir = Path(out_dir)
@@ -167,10 +167,12 @@ def run_extraction(catalog: pd.DataFrame, model_path: str | Path, model_id: str,
     if len(todo):
         preflight([placement], f"extraction ({placement.count} actors)")
         # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default);
-        # batches it had finished are already durable in parts/.
-        dataset = ray.data.from_pandas(todo.reset_index(drop=True))
-        dataset = dataset.repartition(max(1, -(-len(todo) // config.batch_size)))
-        (dataset.map_batches(
+        # batches it had finished are already durable in parts/. from_items builds its blocks
+        # (one per batch) here: from_pandas and repartition run tasks outside Ray Data's
+        # progress guard, which waited forever when other work held every CPU.
+        dataset = ray.data.from_items(todo.reset_index(drop=True).to_dict("records"),
+                                      override_num_blocks=-(-len(todo) // config.batch_size))
+        labelled = (dataset.map_batches(
             AttributeExtractor, batch_format="pandas", batch_size=config.batch_size,
             compute=ray.data.ActorPoolStrategy(size=placement.count),
             **placement.ray_options(),
@@ -178,8 +180,10 @@ def run_extraction(catalog: pd.DataFrame, model_path: str | Path, model_id: str,
                 "model_path": str(model_path), "model_id": model_id, "config": config,
                 "image_size": image_size, "parts_dir": str(parts_dir),
                 "cache_root": str(out_dir / "vllm_cache"), "hide_titles": hide_titles,
-                "placement": placement})
-         .materialize())
+                "placement": placement}))
+        with stall_deadline(labelled, ray_config.call_timeout_s, "extraction",
+                            needs=pool_needs(placement, placement.count)):
+            labelled.materialize()
     seconds = time.perf_counter() - started
     table = _finished(parts_dir)
     wanted = {resume_key(h, model_id, config.prompt_version) for h in catalog["content_hash"]}

@@ -11,7 +11,6 @@ each index shard actor reads only its own files.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -84,7 +83,7 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     import pyarrow.parquet as pq
     import ray.data
 
-    from afmrl.utils.ray_utils import stall_deadline
+    from afmrl.utils.ray_utils import pool_needs, stall_deadline
 
     placement = catalog_embedders(config)
     index = config.index
@@ -101,7 +100,7 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         with stall_deadline(embedded, config.ray.call_timeout_s, "embedding job",
-                            needs=_to_start(placement, index.embed_min_actors)):
+                            needs=pool_needs(placement, index.embed_min_actors)):
             embedded.write_parquet(str(tmp), partition_cols=["shard"])
         shards = [{"file": path.relative_to(tmp).as_posix(),
                    "rows": pq.read_metadata(path).num_rows,
@@ -116,16 +115,6 @@ def embed_rows(config: AfmrlConfig, embedder_path: str | Path, dataset: Any,
     log.info("embed job: %d rows in %d files -> %s (%.1fs)", sum(s["rows"] for s in shards),
              len(shards), out_dir, time.perf_counter() - started)
     return out_dir
-
-
-def _to_start(embedders: Placement, min_actors: int) -> dict[str, float]:
-    """What must be free for the job to move: its smallest embedder pool, and one CPU for the
-    read and filter tasks (Ray Data's default task request), which wait for the pool's actors
-    otherwise."""
-    pool = dataclasses.replace(embedders, count=min_actors).total()
-    needs = {name: amount for name, amount in pool.items() if amount}
-    needs["CPU"] = needs.get("CPU", 0.0) + 1.0
-    return needs
 
 
 def embed_frame(config: AfmrlConfig, embedder_path: str | Path, frame: pd.DataFrame,

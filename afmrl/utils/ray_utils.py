@@ -5,6 +5,7 @@ distributed ML jobs waste hours; every helper here turns them into an error that
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from contextlib import contextmanager
@@ -128,6 +129,16 @@ def stall_deadline(dataset: Any, timeout_s: float, what: str,
             f"`ray status` shows pending resources. Raise ray.call_timeout_s only if one batch "
             f"legitimately takes longer."
             + (f" When it stopped, {short}" if short else "")) from error
+
+
+def pool_needs(actors: "Placement", min_actors: int) -> dict[str, float]:
+    """What must be free for a Ray Data job with an actor pool to move: its smallest pool, and
+    one CPU for the read/repartition tasks (Ray Data's default task request), which wait for the
+    pool's actors otherwise."""
+    pool = dataclasses.replace(actors, count=min_actors).total()
+    needs = {name: amount for name, amount in pool.items() if amount}
+    needs["CPU"] = needs.get("CPU", 0.0) + 1.0
+    return needs
 
 
 def _not_free(needs: dict[str, float]) -> str:

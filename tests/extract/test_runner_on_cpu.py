@@ -1,6 +1,7 @@
 """Distributed extraction on real Ray Data + vLLM (CPU): output, resume, bad rows, a killed
 actor, and proof that the image reaches the model."""
 import os
+import re
 import signal
 import threading
 import time
@@ -51,6 +52,41 @@ def test_bad_rows_are_kept_and_counted(ray_local, mini_catalog, tiny_generator, 
     assert len(result.table) == 2
     assert result.table["input_error"].tolist() == ["", "not a readable image (test)"]
     assert result.metrics["input_errors"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_extraction_on_a_cluster_whose_cpus_other_actors_hold_stops_at_the_deadline(
+        ray_local, mini_catalog, tiny_generator, tmp_path, caplog):
+    """Other work holds every CPU: the job must not wait forever (building the dataset ran a
+    task that did), but warn at once and stop at ray.call_timeout_s, saying what is free."""
+    import ray
+
+    from afmrl.utils.ray_utils import RemoteCallTimeout
+
+    @ray.remote
+    class CpuHolder:
+        def ready(self) -> bool:
+            return True
+
+    config = load_config(None, ["extract.batch_size=4", "extract.cpus_per_actor=1",
+                                "ray.call_timeout_s=4"])
+    holder = CpuHolder.options(num_cpus=ray.cluster_resources()["CPU"]).remote()
+    try:
+        ray.get(holder.ready.remote(), timeout=60)  # placed once earlier work let go of its CPUs
+        deadline = time.monotonic() + 30  # Ray's view of free resources lags by a moment
+        while ray.available_resources().get("CPU", 0.0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        caplog.set_level("WARNING", logger="afmrl")
+        with pytest.raises(RemoteCallTimeout, match=r"extraction: no block moved for 4s"):
+            run_extraction(_rows(mini_catalog, 2), tiny_generator, "m", config.extract,
+                           config.ray, tmp_path, 64)
+    finally:
+        ray.kill(holder)
+    warned = [m for m in caplog.messages if m.startswith("extraction may wait")]
+    assert len(warned) == 1 and re.match(r"extraction may wait: it needs 2 CPU, [\d.]+ GiB memory "
+                                         r"free and the cluster has 0 CPU", warned[0]), warned
+    assert not list((tmp_path / "parts").iterdir())
+    assert not (tmp_path / "attributes.parquet").exists()
 
 
 def _extractor_pids() -> list[int]:
