@@ -170,10 +170,13 @@ def ray_runtime_env() -> dict[str, Any]:
 def drop_streamed_noise() -> None:
     """Drop ``STREAM_NOISE`` lines from the worker output Ray streams to this driver's console
     (no-op when verbose). Ray has no public hook for that stream, so this wraps its printing
-    handler; if Ray's internals move, nothing is dropped and nothing breaks."""
+    handler, and the printer its error channel calls directly (a task retried on a killed actor,
+    e.g. Serve's graceful_shutdown after Ctrl-C, arrives that way as a "(raylet)" line); if Ray's
+    internals move, nothing is dropped and nothing breaks."""
     if is_verbose():
         return
     try:
+        import ray._private.worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return
@@ -181,17 +184,19 @@ def drop_streamed_noise() -> None:
         dispatcher.handlers = [
             (name, _dropping_noise(handler) if name == "ray_print_logs" else handler)
             for name, handler in dispatcher.handlers]
+    if hasattr(ray_worker, "print_to_stdstream"):
+        ray_worker.print_to_stdstream = _dropping_noise(ray_worker.print_to_stdstream)
 
 
 def _dropping_noise(handler: Any) -> Any:
     if getattr(handler, "drops_noise", False):
         return handler
 
-    def emit(batch: dict[str, Any]) -> None:
+    def emit(batch: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         lines = [line for line in batch.get("lines", [])
                  if not any(marker in line for marker in STREAM_NOISE)]
         if lines:
-            handler({**batch, "lines": lines})
+            handler({**batch, "lines": lines}, *args, **kwargs)
 
     emit.drops_noise = True  # type: ignore[attr-defined]
     return emit

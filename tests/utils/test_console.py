@@ -139,6 +139,14 @@ def test_lines_no_setting_turns_off_are_dropped_from_the_stream(ray_local, capsy
     printed = "".join(capsys.readouterr())
     assert "a worker's own line" in printed
     assert not [line for line in streamed if line in printed]
+    # Ray's error channel prints through the module's printer, not the dispatcher: a task
+    # retried on a killed actor (Serve's graceful_shutdown after Ctrl-C) arrives that way.
+    import ray._private.worker as ray_worker
+
+    ray_worker.print_to_stdstream({"lines": [streamed[2], "an error worth reading"],
+                                   "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    printed = "".join(capsys.readouterr())
+    assert "an error worth reading" in printed and streamed[2] not in printed
 
 
 def test_only_streamed_log_level_announcements_count_as_noise():
