@@ -78,11 +78,13 @@ def test_grpo_trains_logs_and_resumes(tmp_path, rl_config, catalog, attributes_t
     layout = RunLayout.of(config)
     # A briefly distilled generator (as stage 0 hands RAR): some rollouts parse and some do
     # not, so groups get different rewards and GRPO has an advantage to follow. A random
-    # generator's rollouts are all malformed: every group uniform, nothing to learn.
+    # generator's rollouts are all malformed: every group uniform, nothing to learn. RAR
+    # prompts with a photo, so the generator distils the prompts with an image (with the typed
+    # title-only prompts too, 80 steps left every group uniform).
     keys = config.extract.attribute_keys
-    generator = sft_generator(base_generator(config, catalog), tmp_path / "sft",
-                              teacher_examples(catalog, keys), keys, steps=80,
-                              image_size=config.data.image_size)
+    examples = [e for e in teacher_examples(catalog, keys) if e.item.image_uri]
+    generator = sft_generator(base_generator(config, catalog), tmp_path / "sft", examples, keys,
+                              steps=160, image_size=config.data.image_size)
 
     def run(cfg) -> str:
         with stage_run(cfg, "rar") as tracker:
