@@ -20,7 +20,7 @@ from typing import Sequence
 import pandas as pd
 
 from afmrl.extract.schema import JSON_SEPARATORS
-from afmrl.models.processor import PromptItem, Prompter, extraction_request
+from afmrl.models.processor import PromptItem, Prompter, extraction_request, save_tokenizer
 
 log = logging.getLogger("afmrl")
 
@@ -161,6 +161,6 @@ def sft_generator(base_path: str | Path, out_path: str | Path, examples: Sequenc
     model.eval()
     with atomic_path(out_path) as tmp:
         model.save_pretrained(tmp)
-        prompter.processor.save_pretrained(tmp)
+        save_tokenizer(prompter.processor, tmp)
     log.info("SFT generator saved to %s (final loss %.3f)", out_path, loss.item())
     return Path(out_path)

@@ -24,6 +24,7 @@ from torch import nn
 
 from afmrl.config import ModelsConfig
 from afmrl.data.images import load_image
+from afmrl.models.processor import Prompter, save_tokenizer
 
 EMBEDDER_FILE = "embedder.json"
 HEADS_FILE = "heads.safetensors"
@@ -128,7 +129,7 @@ class DualEncoder(nn.Module):
         if self.vision is not None:
             self.vision.save_pretrained(path / "vision")
         self.text.save_pretrained(path / "text")
-        self.tokenizer.save_pretrained(path / "text")
+        save_tokenizer(self.tokenizer, path / "text")
         return {"image_size": self.image_size}
 
 
@@ -166,7 +167,7 @@ class Vlm2VecEmbedder(nn.Module):
             backbone = backbone.merge_and_unload()
             self.backbone = backbone
         backbone.save_pretrained(path / "backbone")
-        self.prompter.processor.save_pretrained(path / "backbone")
+        save_tokenizer(self.prompter.processor, path / "backbone")
         return {"pooling": self.pooling, "image_size": self.prompter.image_size}
 
 
@@ -224,8 +225,6 @@ def build_embedder(config: ModelsConfig, cache_dir: str | Path, image_size: int 
         return DualEncoder(vision, text, tokenizer, config.embed_dim,
                            vision.config.image_size if vision is not None else None)
     from transformers import AutoModelForImageTextToText
-
-    from afmrl.models.processor import Prompter
 
     path = resolve_model_path(config.vlm2vec_base, cache_dir, config.seed)
     full = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32)
@@ -289,8 +288,6 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
             meta["image_size"])
     elif meta["kind"] == "vlm2vec":
         from transformers import AutoModel
-
-        from afmrl.models.processor import Prompter
 
         backbone = AutoModel.from_pretrained(str(path / "backbone"))
         model = Vlm2VecEmbedder(backbone, Prompter(path / "backbone", meta["image_size"]),

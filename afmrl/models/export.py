@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from afmrl.models.embedders import EMBEDDER_FILE, MAX_TEXT_TOKENS, DualEncoder, load_embedder
+from afmrl.models.processor import save_tokenizer
 from afmrl.utils.io import atomic_path
 
 FORMATS = ("sentence-transformers",)
@@ -47,7 +48,7 @@ def export_sentence_transformers(embedder_dir: str | Path, out: str | Path) -> P
     out = Path(out)
     with tempfile.TemporaryDirectory() as tower, atomic_path(out) as tmp:
         model.text.save_pretrained(tower)
-        model.tokenizer.save_pretrained(tower)
+        save_tokenizer(model.tokenizer, tower)
         transformer = modules.Transformer(tower, max_seq_length=MAX_TEXT_TOKENS)
         pooling = modules.Pooling(transformer.get_embedding_dimension(), "mean")
         dense = modules.Dense(model.text_head.in_features, model.text_head.out_features,

@@ -74,3 +74,16 @@ class Prompter:
         self.tokenizer.padding_side = padding_side
         return self.processor(text=list(texts), images=present or None, return_tensors="pt",
                               padding=True)
+
+
+def save_tokenizer(tokenizer: Any, path: Path) -> None:
+    """``save_pretrained`` of a tokenizer (or a processor holding one) whose bytes do not
+    depend on what it encoded before: a fast tokenizer's ``tokenizer.json`` records the
+    truncation and padding of its last call, so an export made after a resume (nothing encoded
+    yet) differed from an uninterrupted run's (found by ``bench/kill_anywhere.py``). Every
+    call sets both again, so clearing them changes no encoding."""
+    backend = getattr(getattr(tokenizer, "tokenizer", tokenizer), "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    tokenizer.save_pretrained(path)

@@ -87,3 +87,18 @@ def test_the_seed_gives_the_same_weights_whether_or_not_the_towers_were_cached(k
     assert first.keys() == second.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name
+
+
+@pytest.mark.parametrize("kind", ["dual", "vlm2vec"])
+def test_an_export_is_the_same_bytes_whether_or_not_the_model_encoded_first(kind, model_cache,
+                                                                            tmp_path):
+    """A run resumed after a kill exports without encoding anything first; its tokenizer files
+    must equal an uninterrupted run's (a fast tokenizer saved the state of its last call)."""
+    config = load_config(None, [f"models.embedder={kind}", "models.text_tower=tiny"]).models
+    model = build_embedder(config, model_cache)
+    fresh = save_embedder(model, tmp_path / "fresh")
+    embed(model, [EmbedInput("bravo apple juice", RED), EmbedInput("arla milk")])
+    used = save_embedder(model, tmp_path / "used")
+    files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(used) for p in used.rglob("*") if p.is_file())
+    assert [f for f in files if (fresh / f).read_bytes() != (used / f).read_bytes()] == []
