@@ -50,6 +50,36 @@ def test_the_watcher_sees_a_half_written_final_file(tmp_path, capsys, mode, fail
     assert result["watcher_reads"] > 0
 
 
+# Writes out/data.bin (temp + rename), then works 4 s on its first two runs (the warm-up and
+# the reference) and 1 s on every later one: a trial faster than the reference.
+SPEEDING_UP = """
+import os, sys, time
+from pathlib import Path
+runs = Path(sys.argv[2])
+done = int(runs.read_text()) if runs.is_file() else 0
+runs.write_text(str(done + 1))
+out = Path(sys.argv[1]) / "out"
+out.mkdir(exist_ok=True)
+(out / ".data.tmp").write_bytes(b"x" * 1024)
+os.replace(out / ".data.tmp", out / "data.bin")
+time.sleep(4.0 if done < 2 else 1.0)
+"""
+
+
+def test_a_trial_that_ends_before_its_moment_is_aimed_again(tmp_path, capsys):
+    """Seed 0 draws 81% of the 4 s reference; the 1 s trial has ended by then (the index job's
+    kill test missed its driver kill so in CI): the harness re-aims within the trial's length
+    and the kill lands."""
+    script = tmp_path / "speeding_up.py"
+    script.write_text(SPEEDING_UP)
+    status = kill_anywhere.main(["--artefacts", "out", "--points", "1", "--seed", "0",
+                                 "--work", str(tmp_path / "work"), "--", sys.executable,
+                                 str(script), "{run_dir}", str(tmp_path / "runs")])
+    result = summary(capsys)
+    assert status == 0, result
+    assert (result["trials"], result["killed"], result["reruns"]) == (1, 1, 1), result
+
+
 @pytest.mark.slow
 def test_index_job_killed_anywhere_ends_with_the_uninterrupted_artefacts(shared_data, tmp_path,
                                                                         capsys):
