@@ -12,7 +12,10 @@ either its whole process group (the driver and the Ray cluster it started) or, w
 ``--worker``, one Ray worker process whose title names that actor class
 (``ray::MapWorker(MapBatches(CatalogEmbedder))``, ``ray::IndexShard``) gets SIGKILL; the
 command is rerun until it exits 0. A trial that ends before its moment (it ran faster than the
-reference) is run again, the moment scaled to its length. Throughout, a watcher reads every
+reference) is run again, the moment scaled to its length. ``--after GLOB`` counts moments from
+when a matching file exists under ``{run_dir}`` (a first checkpoint: kills mid-training, not in
+start-up); ``--inputs DIR`` copies an earlier stage's run folder into every ``{run_dir}`` (RAR
+reads the generator, the embedder and the attributes from it). Throughout, a watcher reads every
 file under the artefact paths whose name has no dot-prefixed part (the temporaries of
 ``afmrl.utils.io.atomic_path``); a file seen with content the reference does not have at that
 path is a partial file under its final name. At the end the trial's artefacts must equal the
@@ -122,6 +125,16 @@ class Watcher:
         self._thread.join()
 
 
+def fresh(run_dir: Path, inputs: Path | None) -> None:
+    """An empty run folder, or a copy of ``inputs`` (the earlier stages' outputs a job such as
+    RAR reads from its run folder)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if inputs is None:
+        run_dir.mkdir()
+    else:
+        shutil.copytree(inputs, run_dir, symlinks=True)
+
+
 def start(command: Sequence[str], run_dir: Path, log: Path) -> subprocess.Popen:
     """The command in its own session (process group), output to ``log``."""
     argv = [part.replace("{run_dir}", str(run_dir)) for part in command]
@@ -165,12 +178,13 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def kill_at(process: subprocess.Popen, at_s: float, worker: str | None, deadline_s: float
-            ) -> str:
+def kill_at(process: subprocess.Popen, at_s: float, worker: str | None, deadline_s: float,
+            run_dir: Path, after: str | None = None) -> str:
     """SIGKILL the driver's process group ``at_s`` after the start, or one ``worker`` process
     ``at_s`` after that worker first appears (a trial's timeline shifts against the
-    reference's, so a worker moment is counted from the worker itself); returns what was
-    killed ("" if the job finished first)."""
+    reference's, so a worker moment is counted from the worker itself); with ``after`` (a glob
+    under ``run_dir``), counted from when a matching file also exists. Returns what was killed
+    ("" if the job finished first)."""
     started = time.monotonic()
 
     def wait(until) -> bool:  # False once the job has exited or the deadline passed
@@ -180,16 +194,16 @@ def kill_at(process: subprocess.Popen, at_s: float, worker: str | None, deadline
             time.sleep(0.01)
         return True
 
+    if after is not None and not wait(lambda: next(run_dir.glob(after), None)):
+        return ""
+    if worker is not None and not wait(lambda: worker_pids(process.pid, worker)):
+        return ""
+    since = time.monotonic()
+    if not wait(lambda: time.monotonic() - since >= at_s):
+        return ""
     if worker is None:
-        if not wait(lambda: time.monotonic() - started >= at_s):
-            return ""
         kill_group(process)
         return "driver"
-    if not wait(lambda: worker_pids(process.pid, worker)):
-        return ""
-    appeared = time.monotonic()
-    if not wait(lambda: time.monotonic() - appeared >= at_s):
-        return ""
     for pid in worker_pids(process.pid, worker):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -200,14 +214,16 @@ def kill_at(process: subprocess.Popen, at_s: float, worker: str | None, deadline
 
 
 def run_to_end(command: Sequence[str], run_dir: Path, log: Path, timeout_s: float,
-               workers: Sequence[str] = ()) -> tuple[int, float, dict[str, tuple[float, float]]]:
+               workers: Sequence[str] = (), after: str | None = None
+               ) -> tuple[int, float, dict[str, tuple[float, float]], float | None]:
     """Run the command until it exits (its group is killed on timeout): (status, seconds,
-    {worker: (first, last) second it was seen alive}). The reference run's lifetimes aim the
-    worker kills: aimed over the whole run, a kill drawn after the worker's work had ended found
-    nothing to kill."""
+    {worker: (first, last) second it was seen alive}, second a file matching the ``after`` glob
+    first existed). The reference run's timings aim the kills: aimed over the whole run, a kill
+    drawn after the worker's work had ended found nothing to kill."""
     process = start(command, run_dir, log)
     started = time.monotonic()
     windows: dict[str, tuple[float, float]] = {}
+    marker_s = None
     while process.poll() is None:
         now = time.monotonic() - started
         if now > timeout_s:
@@ -216,21 +232,22 @@ def run_to_end(command: Sequence[str], run_dir: Path, log: Path, timeout_s: floa
         for worker in workers:
             if worker_pids(process.pid, worker):
                 windows[worker] = (windows.get(worker, (now, now))[0], now)
+        if after is not None and marker_s is None and next(run_dir.glob(after), None):
+            marker_s = now
         time.sleep(0.05)
-    return process.wait(), time.monotonic() - started, windows
+    return process.wait(), time.monotonic() - started, windows, marker_s
 
 
 def trial(command: Sequence[str], artefacts: Sequence[str], ignore: Sequence[str],
           reference: dict[str, str], at_s: float, worker: str | None, work: Path, name: str,
-          timeout_s: float) -> dict:
+          timeout_s: float, inputs: Path | None = None, after: str | None = None) -> dict:
     run_dir = work / name
-    shutil.rmtree(run_dir, ignore_errors=True)  # a re-aimed trial starts afresh
-    run_dir.mkdir()
+    fresh(run_dir, inputs)  # a re-aimed trial starts afresh too
     log = work / f"{name}.log"
     with Watcher(run_dir, artefacts, ignore, reference) as watcher:
         process = start(command, run_dir, log)
         started = time.monotonic()
-        killed = kill_at(process, at_s, worker, timeout_s)
+        killed = kill_at(process, at_s, worker, timeout_s, run_dir, after)
         if process.poll() is None:  # a worker kill: the job goes on, recovers or fails
             try:
                 process.wait(timeout=timeout_s)
@@ -245,8 +262,9 @@ def trial(command: Sequence[str], artefacts: Sequence[str], ignore: Sequence[str
     final = hashes(run_dir, artefacts, ignore)
     differing = sorted(n for n in set(final) | set(reference) if final.get(n) != reference.get(n))
     return {"trial": name, "kill_at_s": round(at_s, 2), "killed": killed,
-            "first_s": round(first_s, 2), "first_status": first_status, "reruns": reruns, "status": status,
-            "files": len(final), "differing": differing, "partial_seen": sorted(watcher.bad),
+            "first_s": round(first_s, 2), "first_status": first_status, "reruns": reruns,
+            "status": status, "files": len(final), "differing": differing,
+            "partial_seen": sorted(watcher.bad),
             "watcher_reads": watcher.reads, "log": str(log)}
 
 
@@ -266,9 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also kill one Ray worker whose process title names this actor "
                              "class, e.g. CatalogEmbedder (repeatable; --points moments each)")
     parser.add_argument("--no-driver", action="store_true", help="only the --worker kills")
+    parser.add_argument("--after", default=None,
+                        help="glob under {run_dir}: moments count from when a matching file "
+                             "exists, e.g. rar/checkpoints/*/checkpoint-1 to kill mid-training "
+                             "rather than at start-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--work", default=None, help="folder for the runs (default: temp)")
+    parser.add_argument("--inputs", type=Path, default=None,
+                        help="a run folder copied into every {run_dir} before its run (the "
+                             "earlier stages' outputs, e.g. for RAR)")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1:]
     work = Path(args.work or tempfile.mkdtemp(prefix="afmrl-kill-"))
@@ -279,15 +304,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # which must agree before any kill can be judged against them.
     runs = {}
     for name in ("warm-up", "reference"):
-        (work / name).mkdir()
+        fresh(work / name, args.inputs)
         runs[name] = run_to_end(command, work / name, work / f"{name}.log", args.timeout,
-                                args.worker)
+                                args.worker, args.after)
         if runs[name][0] != 0:
             print(f"the uninterrupted run failed (exit {runs[name][0]}); see "
                   f"{work / f'{name}.log'}", file=sys.stderr)
             return 2
     reference_dir = work / "reference"
-    _, duration, windows = runs["reference"]
+    _, duration, windows, marker_s = runs["reference"]
     unstable = sorted(set(hashes(work / "warm-up", args.artefacts, args.ignore).items())
                       ^ set(hashes(reference_dir, args.artefacts, args.ignore).items()))
     if unstable:
@@ -299,23 +324,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no {', '.join(missing)} process ran in the uninterrupted run: check the actor "
               f"class names (`ray::<Class>` in the process titles)", file=sys.stderr)
         return 2
+    if args.after is not None and marker_s is None:
+        print(f"no file matched --after {args.after!r} in the uninterrupted run",
+              file=sys.stderr)
+        return 2
     reference = hashes(reference_dir, args.artefacts, args.ignore)
     alive = "".join(f", {w} alive {a:.1f}-{b:.1f}s" for w, (a, b) in windows.items())
-    print(f"reference: {len(reference)} files in {duration:.1f}s{alive}", flush=True)
+    marker = "" if marker_s is None else f", {args.after} at {marker_s:.1f}s"
+    print(f"reference: {len(reference)} files in {duration:.1f}s{alive}{marker}", flush=True)
 
     rng = random.Random(args.seed)
     kinds = ([] if args.no_driver else [None]) + args.worker
     results = []
     for kind in kinds:
         for point in range(args.points):
-            # a worker moment counts from its appearance, over half its reference lifetime:
-            # a trial's worker may live shorter, and a later kill would find none
-            span = duration if kind is None else (windows[kind][1] - windows[kind][0]) / 2
+            # a moment counts from the later of the worker's appearance and the --after file's;
+            # a worker's within half its remaining reference lifetime: a trial's worker may
+            # live shorter, and a later kill would find none
+            first, last = (0.0, duration) if kind is None else windows[kind]
+            span = last - max(first, marker_s or 0.0)
+            span = span if kind is None else span / 2
+            if span <= 0:
+                print(f"{kind} was gone before {args.after!r} existed", file=sys.stderr)
+                return 2
             at = rng.uniform(0.05, 0.95) * span
             label = kind or "driver"
             for aim in range(REAIMS + 1):
                 result = trial(command, args.artefacts, args.ignore, reference, at, kind, work,
-                               f"{label}-{point}", args.timeout)
+                               f"{label}-{point}", args.timeout, args.inputs, args.after)
                 print(json.dumps({k: v for k, v in result.items() if k != "log"}), flush=True)
                 if result["killed"] or result["first_status"] != 0 or aim == REAIMS:
                     break

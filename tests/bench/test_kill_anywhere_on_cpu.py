@@ -80,6 +80,76 @@ def test_a_trial_that_ends_before_its_moment_is_aimed_again(tmp_path, capsys):
     assert (result["trials"], result["killed"], result["reruns"]) == (1, 1, 1), result
 
 
+# A later stage: reads in/seed.txt from its run folder (an earlier stage's output), fails
+# without it, and writes it on as out/data.bin after a second's work.
+LATER_STAGE = """
+import os, sys, time
+from pathlib import Path
+run = Path(sys.argv[1])
+seed = (run / "in" / "seed.txt").read_bytes()
+time.sleep(1.0)
+(run / "out").mkdir(exist_ok=True)
+(run / "out" / ".data.tmp").write_bytes(seed * 100)
+os.replace(run / "out" / ".data.tmp", run / "out" / "data.bin")
+"""
+
+
+def test_inputs_are_copied_into_every_run_folder(tmp_path, capsys):
+    """RAR reads the earlier stages' outputs from its run folder: ``--inputs`` gives every run
+    (warm-up, reference, each trial and its reruns) a fresh copy of them."""
+    script = tmp_path / "later_stage.py"
+    script.write_text(LATER_STAGE)
+    inputs = tmp_path / "inputs"
+    (inputs / "in").mkdir(parents=True)
+    (inputs / "in" / "seed.txt").write_bytes(b"seed")
+    status = kill_anywhere.main(["--artefacts", "out", "--points", "1", "--seed", "0",
+                                 "--inputs", str(inputs), "--work", str(tmp_path / "work"),
+                                 "--", sys.executable, str(script), "{run_dir}"])
+    result = summary(capsys)
+    assert status == 0, result
+    assert (result["trials"], result["killed"], result["failed"]) == (1, 1, 0), result
+    assert (tmp_path / "work" / "driver-0" / "out" / "data.bin").read_bytes() == b"seed" * 100
+
+
+# Starts (2 s), writes a marker (its first checkpoint, say), works 2 s more and writes
+# out/data.bin; notes each phase in a journal outside the run folder.
+MARKED = """
+import os, sys, time
+from pathlib import Path
+run, journal = Path(sys.argv[1]), Path(sys.argv[2])
+def note(word):
+    with open(journal, "a") as handle:
+        handle.write(word + "\\n")
+note("start")
+time.sleep(2.0)
+(run / "marker").write_text("x")
+note("marker")
+time.sleep(2.0)
+(run / "out").mkdir(exist_ok=True)
+(run / "out" / ".data.tmp").write_bytes(b"y" * 1024)
+os.replace(run / "out" / ".data.tmp", run / "out" / "data.bin")
+note("end")
+"""
+
+
+def test_after_aims_the_kill_past_the_marker_file(tmp_path, capsys):
+    """``--after marker``: the moment (seed 0: 81% of the 2 s after the marker) counts from the
+    marker's appearance, so the killed run had written it and not finished; counted from the
+    start, the kill would land before the marker (at about 1.6 s of 4)."""
+    script, journal = tmp_path / "marked.py", tmp_path / "journal"
+    script.write_text(MARKED)
+    status = kill_anywhere.main(["--artefacts", "out", "--points", "1", "--seed", "0",
+                                 "--after", "marker", "--work", str(tmp_path / "work"), "--",
+                                 sys.executable, str(script), "{run_dir}", str(journal)])
+    result = summary(capsys)
+    assert status == 0, result
+    assert (result["trials"], result["killed"], result["reruns"]) == (1, 1, 1), result
+    runs = " ".join(journal.read_text().split()).split("start")[1:]
+    # warm-up, reference, the killed run (marker written, not ended), its rerun
+    assert [run.split() for run in runs] == [["marker", "end"]] * 2 + [["marker"],
+                                                                      ["marker", "end"]]
+
+
 @pytest.mark.slow
 def test_index_job_killed_anywhere_ends_with_the_uninterrupted_artefacts(shared_data, tmp_path,
                                                                         capsys):
