@@ -20,7 +20,7 @@ from afmrl.index.faiss_index import VectorIndex, as_embeddings
 from afmrl.index.metrics import QueryMetrics, hit_matrix, per_query
 from afmrl.index.sharded import DEFAULT_ACTOR_CPUS, gather_from_actors
 from afmrl.utils.io import sha256_bytes, sha256_json
-from afmrl.utils.ray_utils import kill_actors
+from afmrl.utils.ray_utils import RESTART_PURE_ACTOR, kill_actors
 
 # The evaluation index is never saved, so it is tied to no embedder run.
 IN_MEMORY_MODEL_HASH = "in-memory-evaluation-gallery"
@@ -153,10 +153,14 @@ class RecallEvaluator:
     caller, e.g. another reward worker, shares it), checking it holds the same gallery.
     """
 
-    def __init__(self, name: str, actors: list[Any], ray_config: RayConfig) -> None:
+    def __init__(self, name: str, actors: list[Any], ray_config: RayConfig,
+                 gallery_refs: Sequence[Any] = ()) -> None:
         self.name = name
         self.actors = actors
         self.ray_config = ray_config
+        # The creator holds the gallery's object refs: Ray restarts a dead actor by running its
+        # constructor again, and released refs would be gone by then.
+        self.gallery_refs = tuple(gallery_refs)
 
     def _labels(self) -> list[str]:
         return [f"evaluator actor '{self.name}-{i}'" for i in range(len(self.actors))]
@@ -190,10 +194,11 @@ class RecallEvaluator:
         fingerprint = _fingerprint(embeddings, products, index_config, eval_config.ks, hybrid)
         refs = [ray.put(embeddings), ray.put(products)]
         actors = [_EvaluatorActor.options(name=n, namespace=ray_config.namespace,
-                                          get_if_exists=True, num_cpus=num_cpus)
+                                          get_if_exists=True, num_cpus=num_cpus,
+                                          **RESTART_PURE_ACTOR)
                   .remote(fingerprint, *refs, index_config, eval_config.ks, hybrid)
                   for n in names]
-        self = cls(name, actors, ray_config)
+        self = cls(name, actors, ray_config, refs)
         found = gather_from_actors([a.get_fingerprint.remote() for a in actors], self._labels(),
                                    ray_config.call_timeout_s, "RecallEvaluator.get_or_create")
         if any(f != fingerprint for f in found):

@@ -345,11 +345,11 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
     ``eval_every_steps`` (default: every checkpoint) on at most ``max_eval_queries`` photos.
     """
     import mlflow
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from afmrl.utils.console import ray_train_logging
-    from afmrl.utils.ray_utils import preflight
+    from afmrl.utils.ray_utils import WORKER_GROUP_RESTARTS, preflight
 
     rl = config.rl
     check_rollout_engine(config)
@@ -384,8 +384,11 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
             scaling_config=ScalingConfig(**workers.scaling_config()),
             torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
                                      timeout_s=int(config.train.step_timeout_s)),
+            # A dead GRPO rank restarts the group, which resumes from the newest checkpoint
+            # (train_loop), as AGCL's does; the reward actors restart on their own.
             run_config=RunConfig(name=f"rar-{ckpt_dir.name}",
                                  storage_path=str(layout.rar / "ray"),
+                                 failure_config=FailureConfig(max_failures=WORKER_GROUP_RESTARTS),
                                  logging_config=ray_train_logging()),
         ).fit()
     finally:

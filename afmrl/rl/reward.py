@@ -40,7 +40,7 @@ from afmrl.models.embedders import EmbedInput, embed, load_embedder
 from afmrl.train.data import catalog_inputs
 from afmrl.utils.device import (Placement, recall_evaluators, reward_embedder,
                                  torch_device)
-from afmrl.utils.ray_utils import get_with_timeout, kill_actors
+from afmrl.utils.ray_utils import RESTART_PURE_ACTOR, get_with_timeout, kill_actors
 
 log = logging.getLogger("afmrl")
 
@@ -154,8 +154,8 @@ class RecallReward:
                                      RunLayout.of(config).rar / ".embedding-job",
                                      "the RL reward gallery")
         placement = reward_embedder(config)
-        embedder = EmbedderActor.options(**placement.ray_options()).remote(str(embedder_path),
-                                                                          placement)
+        embedder = EmbedderActor.options(**placement.ray_options(), **RESTART_PURE_ACTOR
+                                         ).remote(str(embedder_path), placement)
         try:
             if gallery is None:
                 gallery = get_with_timeout(embedder.embed.remote(inputs), rl.reward_timeout_s,

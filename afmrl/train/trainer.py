@@ -40,6 +40,7 @@ from afmrl.eval.protocol import EvalSet
 from afmrl.train.data import PairSet
 from afmrl.utils.console import TrainProgress, metrics_table, ray_train_logging
 from afmrl.utils.io import atomic_write_json
+from afmrl.utils.ray_utils import WORKER_GROUP_RESTARTS
 
 log = logging.getLogger("afmrl")
 METRICS_FILE = "metrics.json"  # rank 0's metrics of the exported epoch
@@ -323,7 +324,7 @@ class TrainResult:
 def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
                benchmarks: dict[str, EvalSet],
                bm25_corpus: list[str], tracker=None, init_from: Path | None = None,
-               max_failures: int = 2) -> TrainResult:
+               max_failures: int = WORKER_GROUP_RESTARTS) -> TrainResult:
     """Run AGCL on a Ray Train worker group; returns the exported embedder and its metrics
     (the best ``val`` epoch's when ``benchmarks`` has "val", else the last epoch's).
 

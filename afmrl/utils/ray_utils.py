@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from afmrl.utils.device import Placement
 
 
+# For actors whose calls are pure functions of their arguments (the RL reward's embedder and
+# evaluators): Ray restarts one that died (OOM, a lost node, kill -9) and retries its calls, so
+# a crash costs a reload instead of failing the job, and the answers are the same.
+RESTART_PURE_ACTOR = {"max_restarts": 2, "max_task_retries": 2}
+# Ray Train worker groups (AGCL, RAR) restarted after a rank dies; each resumes from its newest
+# checkpoint.
+WORKER_GROUP_RESTARTS = 2
+
+
 class ResourceShortfall(RuntimeError):
     """The cluster cannot satisfy what a stage asks for; the message lists the gap."""
 

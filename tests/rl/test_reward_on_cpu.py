@@ -76,3 +76,18 @@ def test_uniform_groups_by_prompt_key():
     assert uniform_groups([1, 1, 0, 1, 0.5, 0.5], ["a", "a", "b", "b", "c", "c"]) == [[0, 1],
                                                                                       [4, 5]]
     assert uniform_groups([1.0], ["a"]) == []  # a single completion is not a group
+
+
+def test_a_reward_actor_that_dies_is_restarted_and_scores_the_same(setup):
+    """A crashed embedder or evaluator actor (OOM, a lost node) costs a restart, not the RAR
+    job: Ray restarts it and retries the call, and the rewards do not change."""
+    import ray
+
+    _, reward, queries, answers = setup
+    uris, products = queries["image_uri"].tolist(), queries["group_id"].tolist()
+    before = reward.score(answers, uris, products)
+    for actor in (reward.embedder, *reward.evaluator.actors):
+        ray.kill(actor, no_restart=False)  # the process dies as in a crash; Ray may restart it
+    after = reward.score(answers, uris, products)
+    np.testing.assert_array_equal(after.rewards, before.rewards)
+    np.testing.assert_array_equal(after.rank, before.rank)
