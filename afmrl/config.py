@@ -379,6 +379,9 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         _require(self.group_size >= 2, "rl.group_size must be >= 2: GRPO compares a group")
+        _require(self.max_steps >= 1 and self.checkpoint_every_steps >= 1,
+                 "rl.max_steps and rl.checkpoint_every_steps must be >= 1: the RAR generator is "
+                 "exported from the final checkpoint (leave 'rar' out of `stages` to skip RAR)")
         _require(self.recall_k >= 1, "rl.recall_k must be >= 1")
         _require(self.beta >= 0, "rl.beta must be >= 0")
         per_step = self.prompts_per_step * self.group_size

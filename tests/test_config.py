@@ -40,6 +40,7 @@ def test_configs_are_frozen():
     ("train.per_device_batch_size=1", "contrastive learning needs negatives"),
     ("train.offload=true,train.zero_stage=1", "offload needs train.zero_stage 2 or 3"),
     ("rl.group_size=1", "GRPO compares a group"),
+    ("rl.max_steps=0", "exported from the final checkpoint"),
     ("rl.prompts_per_step=1,rl.group_size=3,rl.num_workers=2", "must split evenly"),
     ("stages=[extract, nope]", "unknown"),
     ("trian.lr=1", "did you mean 'train'"),
