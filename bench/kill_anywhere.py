@@ -178,6 +178,11 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def marker_exists(run_dir: Path, after: str) -> bool:
+    """Whether a file under ``run_dir`` matches the ``--after`` glob."""
+    return next(run_dir.glob(after), None) is not None
+
+
 def kill_at(process: subprocess.Popen, at_s: float, worker: str | None, deadline_s: float,
             run_dir: Path, after: str | None = None) -> str:
     """SIGKILL the driver's process group ``at_s`` after the start, or one ``worker`` process
@@ -194,7 +199,7 @@ def kill_at(process: subprocess.Popen, at_s: float, worker: str | None, deadline
             time.sleep(0.01)
         return True
 
-    if after is not None and not wait(lambda: next(run_dir.glob(after), None)):
+    if after is not None and not wait(lambda: marker_exists(run_dir, after)):
         return ""
     if worker is not None and not wait(lambda: worker_pids(process.pid, worker)):
         return ""
@@ -232,7 +237,7 @@ def run_to_end(command: Sequence[str], run_dir: Path, log: Path, timeout_s: floa
         for worker in workers:
             if worker_pids(process.pid, worker):
                 windows[worker] = (windows.get(worker, (now, now))[0], now)
-        if after is not None and marker_s is None and next(run_dir.glob(after), None):
+        if after is not None and marker_s is None and marker_exists(run_dir, after):
             marker_s = now
         time.sleep(0.05)
     return process.wait(), time.monotonic() - started, windows, marker_s
