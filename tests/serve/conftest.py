@@ -1,6 +1,6 @@
 """One live search app for the serve tests: Ray, a small real index (mini grocery catalog,
-untrained embedder), the tiny generator and the Serve app on a free port, started once for the
-package and shut down after its last test."""
+untrained embedder), the tiny generator briefly distilled on the catalog's typed queries, and the
+Serve app on a free port, started once for the package and shut down after its last test."""
 from __future__ import annotations
 
 import shutil
@@ -71,7 +71,7 @@ def image_root(serve_root) -> Path:
 def serve_config(serve_root, image_root) -> AfmrlConfig:
     return load_config(None, [
         f"run_dir={serve_root}", "models.text_tower=tiny", "index.num_shards=2",
-        "extract.max_tokens=16", "ray.call_timeout_s=60", f"serve.port={_free_port()}",
+        "ray.call_timeout_s=60", f"serve.port={_free_port()}",
         "serve.embed_replicas=2", "serve.max_replicas=2", f"serve.image_root={image_root}",
         f"serve.max_body_bytes={2 * 1024 * 1024}"])
 
@@ -84,14 +84,33 @@ def index_dir(ray_session, serve_config, serve_root) -> Path:
     return sample_index(serve_config, serve_root / "sample")
 
 
+def typed_query_generator(config: AfmrlConfig, root: Path) -> Path:
+    """The tiny generator distilled (about 30 s) on the sample catalog's title-only prompts, the
+    prompt a typed query gets: it writes schema-complete JSON with values in the catalog's words
+    ("apple juice" -> category juice, about 70 tokens inside the default extract.max_tokens), so
+    enrichment has attributes to embed and show. An undistilled one never closes the JSON and
+    enrichment yields {}."""
+    from afmrl.data import grocery_catalog
+    from afmrl.extract.sft import sft_generator, teacher_examples
+    from afmrl.models.tiny import build_tiny_generator
+    from afmrl.serve.sample import MINI_ITEMS
+
+    keys = config.extract.attribute_keys
+    catalog = grocery_catalog(config.data.root, MINI_ITEMS)
+    typed = [e for e in teacher_examples(catalog, keys) if not e.item.image_uri
+             and not e.item.text]
+    return sft_generator(build_tiny_generator(root / "generator-base", seed=0),
+                         root / "generator", typed, keys, steps=300,
+                         image_size=config.data.image_size)
+
+
 @pytest.fixture(scope="package")
 def live_app(serve_config, index_dir, image_root, serve_root) -> Iterator[LiveApp]:
     from ray import serve
 
-    from afmrl.models.tiny import build_tiny_generator
     from afmrl.serve.launch import launch
 
-    generator = build_tiny_generator(serve_root / "generator", seed=0)
+    generator = typed_query_generator(serve_config, serve_root)
     url = launch(serve_config, index_dir, generator, blocking=False)
     try:
         yield LiveApp(url, serve_config, index_dir, image_root)

@@ -44,7 +44,10 @@ def test_text_search_returns_ranked_items_with_images(live_app):
     assert len(ids(response)) == 5
     scores = [hit["score"] for hit in body["hits"]]
     assert scores == sorted(scores, reverse=True)
-    assert body["query_text"] == "apple juice" and body["query_attributes"] == {}
+    # Enriched by default (the app has a generator): the generated attributes join the text.
+    keys = live_app.config.extract.attribute_keys
+    assert body["query_attributes"]
+    assert body["query_text"] == enriched_text("apple juice", body["query_attributes"], keys)
     hit = body["hits"][0]
     assert isinstance(hit["group_id"], int) and hit["title"] and hit["attributes"]
     image = call(live_app, "GET", hit["image_url"])
@@ -76,6 +79,7 @@ def test_enrich_embeds_the_query_with_its_generated_attributes(live_app):
         assert len(ids(response)) == 3
         assert set(body["query_attributes"]) <= set(keys)
         assert body["query_text"] == enriched_text(text, body["query_attributes"], keys)
+    assert by_text.json()["query_attributes"]  # the generator learnt typed queries' prompt
 
 
 def test_image_search_by_upload_and_by_path(live_app):
