@@ -18,7 +18,7 @@ start-up); ``--inputs DIR`` copies an earlier stage's run folder into every ``{r
 reads the generator, the embedder and the attributes from it). Throughout, a watcher reads every
 file under the artefact paths whose name has no dot-prefixed part (the temporaries of
 ``afmrl.utils.io.atomic_path``); a file seen with content the reference does not have at that
-path is a partial file under its final name. At the end the trial's artefacts must equal the
+path, and that it did not hold before the job started, is a partial file under its final name. At the end the trial's artefacts must equal the
 reference's, file by file, by SHA-256. ``--ignore`` leaves out files whose bytes are not
 reproducible by design (tantivy names its segment files with random UUIDs): compare those by
 what they hold (the kill test searches both lexical indexes). Prints one line per trial and a
@@ -88,7 +88,9 @@ def hashes(run_dir: Path, artefacts: Sequence[str], ignore: Sequence[str] = ()
 
 class Watcher:
     """Reads every final-name artefact file while the job runs and keeps those whose content
-    differs from the reference's file of that name."""
+    differs from the reference's file of that name and from what the file held before the job
+    started (an earlier stage's version copied in by ``--inputs``, such as a results table the
+    job rewrites)."""
 
     def __init__(self, run_dir: Path, artefacts: Sequence[str], ignore: Sequence[str],
                  reference: dict[str, str], interval_s: float = 0.01) -> None:
@@ -101,6 +103,7 @@ class Watcher:
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self) -> "Watcher":
+        self.before = hashes(self.run_dir, self.artefacts, self.ignore)
         self._thread.start()
         return self
 
@@ -117,7 +120,8 @@ class Watcher:
                 seen[name] = (stat.st_mtime_ns, stat.st_size)
                 digest = sha256(path)
                 self.reads += 1
-                if digest is not None and digest != self.reference.get(name):
+                if digest is not None and digest not in (self.reference.get(name),
+                                                         self.before.get(name)):
                     self.bad.setdefault(name, digest)
 
     def __exit__(self, *exc) -> None:

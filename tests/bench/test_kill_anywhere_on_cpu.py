@@ -96,12 +96,15 @@ os.replace(run / "out" / ".data.tmp", run / "out" / "data.bin")
 
 def test_inputs_are_copied_into_every_run_folder(tmp_path, capsys):
     """RAR reads the earlier stages' outputs from its run folder: ``--inputs`` gives every run
-    (warm-up, reference, each trial and its reruns) a fresh copy of them."""
+    (warm-up, reference, each trial and its reruns) a fresh copy of them. An artefact the
+    inputs already hold (a results table the job rewrites whole) is not a half-written file."""
     script = tmp_path / "later_stage.py"
     script.write_text(LATER_STAGE)
     inputs = tmp_path / "inputs"
     (inputs / "in").mkdir(parents=True)
     (inputs / "in" / "seed.txt").write_bytes(b"seed")
+    (inputs / "out").mkdir()
+    (inputs / "out" / "data.bin").write_bytes(b"an earlier stage's version")
     status = kill_anywhere.main(["--artefacts", "out", "--points", "1", "--seed", "0",
                                  "--inputs", str(inputs), "--work", str(tmp_path / "work"),
                                  "--", sys.executable, str(script), "{run_dir}"])
