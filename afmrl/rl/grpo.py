@@ -382,7 +382,7 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from afmrl.utils.console import ray_train_logging
-    from afmrl.utils.ray_utils import WORKER_GROUP_RESTARTS, preflight
+    from afmrl.utils.ray_utils import WORKER_GROUP_RESTARTS, fit_restarting, preflight
 
     rl = config.rl
     check_rollout_engine(config)
@@ -406,7 +406,7 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
                                 name=f"rar-reward-{ckpt_dir.name}")
     active = mlflow.active_run() if tracker is not None else None
     try:
-        TorchTrainer(
+        fit_restarting(lambda: TorchTrainer(
             train_loop,
             train_loop_config={
                 "config": config.to_dict(), "generator": str(generator), "reward": reward,
@@ -423,7 +423,7 @@ def run_rar(config: AfmrlConfig, generator_path: str | Path, embedder_path: str 
                                  storage_path=str(layout.rar / "ray"),
                                  failure_config=FailureConfig(max_failures=WORKER_GROUP_RESTARTS),
                                  logging_config=ray_train_logging()),
-        ).fit()
+        ))
     finally:
         reward.shutdown()
     png = plot_curve(curve_path, layout.rar / "reward_curve.png", rl.recall_k)

@@ -335,7 +335,7 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from afmrl.utils.device import agcl_workers, check_workers
-    from afmrl.utils.ray_utils import preflight
+    from afmrl.utils.ray_utils import fit_restarting, preflight
 
     train = config.train
     out_dir = RunLayout.of(config).train(tag)
@@ -369,16 +369,15 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
         "tracking_uri": mlflow.get_tracking_uri() if active else None,
         "run_id": active.info.run_id if active else None,
     }
-    trainer = TorchTrainer(
+    started = time.perf_counter()
+    fit_restarting(lambda: TorchTrainer(
         train_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(**workers.scaling_config()),
         torch_config=TorchConfig(backend="nccl" if workers.gpus else "gloo",
                                  timeout_s=int(train.step_timeout_s)),
         run_config=RunConfig(name=f"agcl-{tag}", storage_path=str(out_dir / "ray"),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             logging_config=ray_train_logging()))
-    started = time.perf_counter()
-    result = trainer.fit()
+                             logging_config=ray_train_logging())))
     seconds = time.perf_counter() - started
     if not (embedder_dir / "embedder.json").is_file():
         raise RuntimeError(f"AGCL {tag} finished without exporting {embedder_dir}; see the "

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import ray
 
@@ -28,6 +28,26 @@ RESTART_PURE_ACTOR = {"max_restarts": 2, "max_task_retries": 2}
 # Ray Train worker groups (AGCL, RAR) restarted after a rank dies; each resumes from its newest
 # checkpoint.
 WORKER_GROUP_RESTARTS = 2
+
+
+def fit_restarting(make_trainer: Callable[[], Any], restarts: int = WORKER_GROUP_RESTARTS) -> Any:
+    """``make_trainer().fit()``, fitted afresh (resuming from the newest checkpoint) when a rank
+    died while Ray Train was starting the worker group. Ray 2.60 launches the training function
+    outside the handler that makes start-up failures retryable, so a rank killed between its
+    set-up and that launch fails ``fit`` with a ``ControllerError`` that ``FailureConfig`` does
+    not retry (found by bench/kill_anywhere.py on the CIT stage). Other errors are raised."""
+    from ray.exceptions import RayActorError
+    from ray.train import ControllerError
+
+    for attempt in range(restarts + 1):
+        try:
+            return make_trainer().fit()
+        except ControllerError as error:
+            if attempt == restarts or not isinstance(error.controller_failure, RayActorError):
+                raise
+            log.warning("a Ray Train worker died while its group started (%s); starting the "
+                        "group again (%d of %d)", type(error.controller_failure).__name__,
+                        attempt + 1, restarts)
 
 
 class ResourceShortfall(RuntimeError):
