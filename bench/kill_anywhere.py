@@ -18,11 +18,11 @@ start-up); ``--inputs DIR`` copies an earlier stage's run folder into every ``{r
 reads the generator, the embedder and the attributes from it). Throughout, a watcher reads every
 file under the artefact paths whose name has no dot-prefixed part (the temporaries of
 ``afmrl.utils.io.atomic_path``); a file seen with content the reference does not have at that
-path, and that it did not hold before the job started, is a partial file under its final name. At the end the trial's artefacts must equal the
-reference's, file by file, by SHA-256. ``--ignore`` leaves out files whose bytes are not
-reproducible by design (tantivy names its segment files with random UUIDs): compare those by
-what they hold (the kill test searches both lexical indexes). Prints one line per trial and a
-JSON summary; exit 1 on any difference.
+path, and that it did not hold before the job started, is a partial file under its final name.
+At the end the trial's artefacts must equal the reference's, file by file, by SHA-256.
+``--ignore`` leaves out files whose bytes are not reproducible by design (tantivy names its
+segment files with random UUIDs): compare those by what they hold (the kill test searches both
+lexical indexes). Prints one line per trial and a JSON summary; exit 1 on any difference.
 """
 from __future__ import annotations
 

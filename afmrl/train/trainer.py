@@ -377,7 +377,7 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
                                  timeout_s=int(train.step_timeout_s)),
         run_config=RunConfig(name=f"agcl-{tag}", storage_path=str(out_dir / "ray"),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             logging_config=ray_train_logging())))
+                             logging_config=ray_train_logging())), restarts=max_failures)
     seconds = time.perf_counter() - started
     if not (embedder_dir / "embedder.json").is_file():
         raise RuntimeError(f"AGCL {tag} finished without exporting {embedder_dir}; see the "
