@@ -38,6 +38,7 @@ from afmrl.layout import RunLayout
 from afmrl.tracking import WorkerMetricLogger
 from afmrl.eval.protocol import EvalSet
 from afmrl.train.data import PairSet
+from afmrl.train.sampler import ProductBatchSampler
 from afmrl.utils.console import TrainProgress, metrics_table, ray_train_logging
 from afmrl.utils.io import atomic_write_json
 from afmrl.utils.ray_utils import WORKER_GROUP_RESTARTS
@@ -48,6 +49,20 @@ SELECTION_BENCHMARK = "val"  # the benchmark whose recall_at_1 picks the exporte
 SELECTION_METRIC = f"{SELECTION_BENCHMARK}/recall_at_1"  # read only when it is passed
 BEST_DIR, BEST_FILE = "best", "best.json"  # the best-so-far export and its epoch's metrics
 CHECKPOINT_LOG = "checkpoints.jsonl"  # one line per checkpoint: what it covers
+
+
+def batch_sampler(train: TrainConfig, pairs: PairSet, num_replicas: int, rank: int = 0
+                  ) -> ProductBatchSampler:
+    """The batches a rank trains on (the driver builds rank 0's to count the steps)."""
+    return ProductBatchSampler(
+        pairs.product_ids, train.per_device_batch_size, num_replicas=num_replicas, rank=rank,
+        seed=train.seed, coarse_ids=pairs.coarse_ids if train.hard_batches else None,
+        batches_multiple_of=train.grad_accum_steps)
+
+
+def optimizer_steps(train: TrainConfig, sampler: ProductBatchSampler) -> int:
+    """Optimizer steps of a whole run: the length of the learning-rate schedule."""
+    return sum(sampler.num_batches(e) for e in range(train.epochs)) // train.grad_accum_steps
 
 
 def improves(metrics: dict[str, float], best: dict[str, float] | None) -> bool:
@@ -142,7 +157,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from afmrl.losses.matryoshka import MatryoshkaLoss
     from afmrl.models.embedders import load_embedder, save_embedder
     from afmrl.eval.protocol import evaluate_model, prefixed
-    from afmrl.train.sampler import ProductBatchSampler
 
     from afmrl.utils.device import agcl_workers, train_device
 
@@ -166,12 +180,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if train.matryoshka_dims:
         loss = MatryoshkaLoss(loss, train.matryoshka_dims, train.matryoshka_weights or None)
     module = EmbedderWithLoss(embedder, loss)
-    sampler = ProductBatchSampler(
-        pairs.product_ids, train.per_device_batch_size, num_replicas=world, rank=rank,
-        seed=train.seed, coarse_ids=pairs.coarse_ids if train.hard_batches else None,
-        batches_multiple_of=train.grad_accum_steps)
-    micro_steps = sum(sampler.num_batches(e) for e in range(train.epochs))
-    total_steps = micro_steps // train.grad_accum_steps
+    sampler = batch_sampler(train, pairs, world, rank)
+    total_steps = optimizer_steps(train, sampler)
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
         config=deepspeed_config(train, total_steps))
@@ -261,11 +271,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             loss, diagnostics = engine(batch, product_ids, bm25)
             engine.backward(loss)
             # Read before step(): step() advances the micro-step counter the answer is based on.
-            optimizer_steps = engine.is_gradient_accumulation_boundary()
+            stepped = engine.is_gradient_accumulation_boundary()
             engine.step()
             seen += len(indices)
             losses.append(loss.item())
-            if optimizer_steps:
+            if stepped:
                 step = engine.global_steps
                 if rank == 0:
                     progress.update(epoch, train.epochs, step, losses, len(indices))
@@ -347,6 +357,12 @@ def train_agcl(config: AfmrlConfig, tag: str, pairs: PairSet,
           f"num_workers {train.num_workers} x grad_accum_steps {train.grad_accum_steps} = "
           f"{train.effective_batch_size} pairs/step; ZeRO-{train.zero_stage}"
           f"{' + offload' if train.offload else ''}; {len(pairs)} training pairs")
+    steps = optimizer_steps(train, batch_sampler(train, pairs, train.num_workers))
+    print(f"AGCL {tag}: {steps} optimizer step(s) in {train.epochs} epoch(s)")
+    if steps < 2:  # the warm-up starts at learning rate 0 (deepspeed_config's WarmupCosineLR)
+        print(f"AGCL {tag}: warning: the first optimizer step runs at the warm-up's learning "
+              f"rate 0, so {steps} step(s) leave the exported embedder equal to its initial "
+              f"weights; raise train.epochs or lower train.per_device_batch_size")
     workers = agcl_workers(config)
     preflight([workers], f"AGCL training ({train.num_workers} workers)")
     check_workers(workers, config.ray.call_timeout_s)

@@ -14,10 +14,9 @@ from afmrl.config import load_config
 from afmrl.models.embedders import load_embedder, takes_images
 from afmrl.tracking import Tracker
 from afmrl.train.data import training_pairs
-from afmrl.train.sampler import ProductBatchSampler
 from afmrl.train.stage import run_agcl
-from afmrl.train.trainer import (CHECKPOINT_LOG, SELECTION_METRIC, improves,
-                                 latest_checkpoint)
+from afmrl.train.trainer import (CHECKPOINT_LOG, SELECTION_METRIC, batch_sampler, improves,
+                                 latest_checkpoint, optimizer_steps)
 
 
 def _config(tmp_path, *extra):
@@ -36,15 +35,12 @@ def with_val_split(catalog, every=3):
     return catalog
 
 
-def optimizer_steps(config, catalog) -> int:
+def run_steps(config, catalog) -> int:
     """What an uninterrupted run does: whole accumulation windows of every epoch's batches."""
     train = config.train
     pairs = training_pairs(catalog, config.extract.attribute_keys, False, train.pair_splits,
                            config.seed)
-    sampler = ProductBatchSampler(pairs.product_ids, train.per_device_batch_size,
-                                  num_replicas=train.num_workers, seed=train.seed,
-                                  batches_multiple_of=train.grad_accum_steps)
-    return sum(sampler.num_batches(e) for e in range(train.epochs)) // train.grad_accum_steps
+    return optimizer_steps(train, batch_sampler(train, pairs, train.num_workers))
 
 
 def weights(path):
@@ -137,9 +133,17 @@ def test_a_text_only_catalog_trains_without_an_image_tower(ray_local, tmp_path, 
         "train.per_device_batch_size=4", "train.pair_splits=[train]", "train.epochs=1",
         "train.zero_stage=0", "train.cpus_per_worker=1"])
     result = run_agcl(config, None, "agcl", None)
-    assert "dual embedder is built without its image tower" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dual embedder is built without its image tower" in out
     assert not takes_images(result.embedder) and not (result.embedder / "vision").exists()
     assert load_embedder(result.embedder).vision is None
+    # 12 pairs in batches of 4 on 2 ranks: one optimizer step, at the warm-up's learning rate 0.
+    # The driver says so, and the export is indeed the initial embedder.
+    assert "AGCL agcl: 1 optimizer step(s) in 1 epoch(s)" in out
+    assert "leave the exported embedder equal to its initial weights" in out
+    initial = load_embedder(tmp_path / "train" / "agcl" / "init").state_dict()
+    assert all(torch.equal(value, initial[key])
+               for key, value in load_embedder(result.embedder).state_dict().items())
 
 
 @pytest.mark.parametrize("zero", ["train.zero_stage=0", "train.zero_stage=1",
@@ -148,7 +152,7 @@ def test_zero_stage_smoke(ray_local, mini_catalog, tmp_path, zero):
     config = _config(tmp_path, *zero.split(), "train.epochs=1")
     result = run_agcl(config, None, "agcl", None, mini_catalog)
     meta = json.loads((result.embedder / "embedder.json").read_text())
-    assert meta["trained_steps"] == optimizer_steps(config, mini_catalog)
+    assert meta["trained_steps"] == run_steps(config, mini_catalog)
     assert result.metrics["exported_epoch"] == 0
     assert math.isfinite(result.metrics["train_loss_epoch"])
 
@@ -164,7 +168,7 @@ def test_checkpoints_land_on_accumulation_boundaries(ray_local, mini_catalog, tm
         assert entry["micro_steps"] == 2 * entry["optimizer_steps"], entry
         assert entry["position"] % 2 == 0, entry
     steps = json.loads((result.embedder / "embedder.json").read_text())["trained_steps"]
-    assert steps == optimizer_steps(config, mini_catalog) == saved[-1]["optimizer_steps"]
+    assert steps == run_steps(config, mini_catalog) == saved[-1]["optimizer_steps"]
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint_and_finishes(ray_local, mini_catalog,
@@ -192,4 +196,4 @@ def test_killed_worker_resumes_from_the_last_checkpoint_and_finishes(ray_local, 
     assert resumed[0].startswith(f"resumed from {killed[0]} ")
     # Neither a replayed nor a skipped step: as many optimizer steps as an uninterrupted run.
     steps = json.loads((result.embedder / "embedder.json").read_text())["trained_steps"]
-    assert steps == optimizer_steps(config, mini_catalog)
+    assert steps == run_steps(config, mini_catalog)
